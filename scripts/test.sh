@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command on a fresh Debian machine: set up, then run the whole test suite.
+# Test data is read from $EDGED_DATA (default ../shared/data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export EDGED_DATA=${EDGED_DATA:-$(cd .. && pwd)/shared/data}
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests

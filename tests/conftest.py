@@ -1,0 +1,44 @@
+"""Shared fixtures: the data folder and one real exported bundle per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """``$EDGED_DATA``, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("EDGED_DATA") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = data_root()
+    if not root.is_dir():
+        message = f"test data not found at {root}; set EDGED_DATA to the shared data folder"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(tmp_path_factory, data_dir) -> Path:
+    """A real fp32 + int8 export through the CLI: calibrated on LibriSpeech utterances,
+    parity-checked on an AMI meeting excerpt and the three-speaker clip (disjoint audio)."""
+    out = tmp_path_factory.mktemp("bundle") / "models"
+    libri = sorted((data_dir / "librispeech").glob("*/*.flac"))
+    calibration = [p for i, p in enumerate(libri) if i % 10 < 2][:12]  # 2 utterances of each speaker
+    parity = [data_dir / "ami-debug" / "dev00.wav", data_dir / "falcon" / "falcon.wav"]
+    cmd = [sys.executable, "-m", "edged_export.cli", "--quantize", "--out", str(out),
+           "--calibration-audio", *map(str, calibration), "--parity-audio", *map(str, parity)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out.parent / "summary.txt").write_text(proc.stdout)
+    return out

@@ -1,0 +1,69 @@
+"""The edge runtime imports and runs a bundle with torch made unimportable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import sys
+    class _NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchaudio", "torchcodec", "pyannote", "speakerlab", "lightning"):
+                raise ImportError(f"{name} is blocked: the edge runtime must not import it")
+    sys.meta_path.insert(0, _NoTorch())
+    """
+)
+
+
+def run_blocked(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_blocker_really_blocks():
+    proc = run_blocked("import torch")
+    assert proc.returncode != 0 and "blocked" in proc.stderr
+
+
+def test_edge_modules_import_without_torch():
+    proc = run_blocked(
+        """
+        import pkgutil, importlib, edged
+        names = [m.name for m in pkgutil.iter_modules(edged.__path__, "edged.")]
+        for name in names:
+            importlib.import_module(name)
+        assert not any(m.split(".")[0] in ("torch", "pyannote") for m in sys.modules)
+        print(len(names), "modules")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bundle_runs_without_torch(exported_bundle, data_dir):
+    proc = run_blocked(
+        f"""
+        import numpy as np
+        from edged.audio import read_audio
+        from edged.bundle import load_bundle
+        from edged.features import Fbank, FbankConfig
+        from edged.runtime import create_session
+        from edged.weights import overlap_aware_weights, resample_weights
+        bundle = load_bundle({str(exported_bundle)!r})
+        wav = read_audio({str(data_dir / "sample" / "sample.wav")!r})[:80000]
+        seg = create_session(bundle.model("segmentation", "int8").path)
+        act = seg.run(None, {{"waveform": wav[None, None, :]}})[0][0]
+        fb = Fbank(FbankConfig(**bundle.embedding.fbank))(wav)
+        w = resample_weights(overlap_aware_weights(act).T, fb.shape[0])[None].astype(np.float32)
+        emb = create_session(bundle.model("embedding", "int8").path)
+        out = emb.run(None, {{"fbank": fb[None], "weights": w}})[0]
+        assert out.shape == (1, 3, 192) and np.isfinite(out).all()
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
