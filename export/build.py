@@ -196,7 +196,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         calib_wavs, parity_wavs, audio_info = default_audio(sr)
     chunk = int(round(opts.chunk_duration * sr))
     parity_chunks = parity.chunk_waveforms(parity_wavs, chunk, chunk // 2)
-    calib_chunks = parity.chunk_waveforms(calib_wavs, chunk, chunk // 4)
+    calib_chunks = parity.chunk_waveforms(calib_wavs, chunk, chunk // 2)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:

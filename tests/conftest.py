@@ -30,11 +30,15 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def exported_bundle(tmp_path_factory, data_dir) -> Path:
-    """A real fp32 + int8 export through the CLI: calibrated on LibriSpeech utterances,
-    parity-checked on an AMI meeting excerpt and the three-speaker clip (disjoint audio)."""
+    """A real fp32 + int8 export through the CLI: calibrated on LibriSpeech utterances and AMI
+    training excerpts, parity-checked on an AMI dev excerpt and the three-speaker clip (disjoint).
+
+    Calibration needs meeting audio: calibrated on read speech alone, CAM++ int8 reached only
+    cosine 0.970 on AMI (measured), below the 0.98 gate."""
     out = tmp_path_factory.mktemp("bundle") / "models"
     libri = sorted((data_dir / "librispeech").glob("*/*.flac"))
-    calibration = [p for i, p in enumerate(libri) if i % 10 < 2][:12]  # 2 utterances of each speaker
+    calibration = [p for i, p in enumerate(libri) if i % 10 == 0][:6]  # one utterance of 6 speakers
+    calibration += [data_dir / "ami-debug" / f"trn0{i}.wav" for i in range(3)]
     parity = [data_dir / "ami-debug" / "dev00.wav", data_dir / "falcon" / "falcon.wav"]
     cmd = [sys.executable, "-m", "edged_export.cli", "--quantize", "--out", str(out),
            "--calibration-audio", *map(str, calibration), "--parity-audio", *map(str, parity)]

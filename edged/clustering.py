@@ -1,0 +1,174 @@
+"""Incremental speaker clustering across chunks (diart's OnlineSpeakerClustering).
+
+Each chunk's local speakers are matched to global centroids with an optimal assignment (so two
+local speakers of one chunk never share a global speaker); unmatched speakers open new centroids.
+Memory is one fixed ``(max_speakers, dim)`` centroid array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+_MASKED = 1e6  # cost of forbidden pairs in the assignment problem
+_METRICS = ("cosine", "euclidean")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """``mapping[local]`` is the global speaker id of each local speaker, or -1 if unassigned."""
+
+    mapping: np.ndarray
+    num_global: int
+
+    def apply(self, segmentation: np.ndarray) -> np.ndarray:
+        """``(frames, local)`` activations -> ``(frames, num_global)``; see ``to_global``."""
+        return to_global(segmentation, self.mapping, self.num_global)
+
+
+def to_global(segmentation: np.ndarray, mapping: np.ndarray, num_global: int) -> np.ndarray:
+    """Place each assigned local speaker's column at its global id; unassigned ones are dropped
+    and global speakers absent from the chunk are zero."""
+    seg = np.asarray(segmentation)
+    if seg.ndim != 2 or seg.shape[1] != len(mapping):
+        raise ValueError(
+            f"segmentation must be (frames, {len(mapping)}) for this mapping, got shape {seg.shape}"
+        )
+    out = np.zeros((seg.shape[0], num_global), dtype=seg.dtype)
+    assigned = np.flatnonzero(np.asarray(mapping) >= 0)
+    out[:, np.asarray(mapping)[assigned]] = seg[:, assigned]
+    return out
+
+
+def _distances(embeddings: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        norms = np.linalg.norm(centroids, axis=1)
+        unit = centroids / np.maximum(norms, 1e-12)[:, None]
+        return 1.0 - embeddings @ unit.T  # embeddings are already unit-norm
+    diff = embeddings[:, None, :] - centroids[None, :, :]
+    return np.linalg.norm(diff, axis=-1)
+
+
+class IncrementalClustering:
+    """Online clustering of local speaker embeddings into at most ``max_speakers`` global ones.
+
+    A local speaker is *active* if its max activation >= ``tau_active`` and its embedding is
+    finite, *long* if its mean activation >= ``rho_update``.  Matches at distance >= ``delta_new``
+    are rejected.  Unmatched active speakers open a new centroid if long and a slot is free,
+    otherwise take the closest centroid not yet used in this chunk.  Matched long speakers add
+    their L2-normalised embedding to their centroid.
+    """
+
+    def __init__(
+        self,
+        tau_active: float,
+        rho_update: float,
+        delta_new: float,
+        max_speakers: int = 20,
+        metric: str = "cosine",
+    ) -> None:
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+        if int(max_speakers) != max_speakers or max_speakers < 1:
+            raise ValueError(f"max_speakers must be a positive integer, got {max_speakers!r}")
+        self.tau_active = float(tau_active)
+        self.rho_update = float(rho_update)
+        self.delta_new = float(delta_new)
+        self.max_speakers = int(max_speakers)
+        self.metric = metric
+        self._centroids: np.ndarray | None = None
+        self._used = np.zeros(self.max_speakers, dtype=bool)
+
+    def reset(self) -> None:
+        """Forget all global speakers."""
+        self._centroids = None
+        self._used[:] = False
+
+    @property
+    def centroids(self) -> np.ndarray | None:
+        """``(max_speakers, dim)`` centroid sums (zero rows unused); None before any embedding."""
+        if self._centroids is None:
+            return None
+        view = self._centroids.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def used(self) -> np.ndarray:
+        """Boolean mask of the centroid slots in use."""
+        return self._used.copy()
+
+    @property
+    def num_speakers(self) -> int:
+        """Number of global speakers found so far."""
+        return int(self._used.sum())
+
+    def __call__(self, segmentation: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """Identify and return the chunk's ``(frames, max_speakers)`` global activations."""
+        return self.identify(segmentation, embeddings).apply(segmentation)
+
+    def identify(self, segmentation: np.ndarray, embeddings: np.ndarray) -> Assignment:
+        """Map the chunk's local speakers to global ids, updating the centroids."""
+        seg = np.asarray(segmentation, dtype=np.float64)
+        emb = np.asarray(embeddings, dtype=np.float64)
+        if seg.ndim != 2 or emb.ndim != 2 or emb.shape[0] != seg.shape[1]:
+            raise ValueError(
+                "expected segmentation (frames, local) and embeddings (local, dim), got "
+                f"{seg.shape} and {emb.shape}"
+            )
+        num_local, dim = emb.shape
+        if self._centroids is None:
+            self._centroids = np.zeros((self.max_speakers, dim))
+        elif dim != self._centroids.shape[1]:
+            raise ValueError(f"embedding dim {dim} differs from the centroids' {self._centroids.shape[1]}")
+
+        norms = np.linalg.norm(emb, axis=1)
+        finite = np.isfinite(emb).all(axis=1) & (norms > 0)
+        unit = np.zeros_like(emb)
+        unit[finite] = emb[finite] / norms[finite, None]
+        active = (seg.max(axis=0, initial=-np.inf) >= self.tau_active) & finite
+        long = seg.mean(axis=0) >= self.rho_update if len(seg) else np.zeros(num_local, bool)
+        mapping = np.full(num_local, -1, dtype=np.int64)
+
+        if not self._used.any():
+            # No speaker known yet: every active speaker opens a centroid (diart's first chunk).
+            for spk in np.flatnonzero(active):
+                if not self._used.all():
+                    mapping[spk] = self._add(unit[spk])
+            return Assignment(mapping, self.max_speakers)
+
+        dist = _distances(unit, self._centroids, self.metric)
+        allowed = active[:, None] & self._used[None, :]
+        cost = np.where(allowed, dist, _MASKED)
+        rows, cols = linear_sum_assignment(cost)
+        for r, c in zip(rows, cols):
+            if allowed[r, c] and dist[r, c] < self.delta_new:
+                mapping[r] = c
+        matched = mapping >= 0
+
+        missed = [s for s in np.flatnonzero(active) if mapping[s] < 0]
+        num_free = self.max_speakers - self.num_speakers
+        new_speakers: list[int] = []
+        for spk in missed:
+            if long[spk] and len(new_speakers) < num_free:
+                new_speakers.append(spk)
+                continue
+            taken = set(mapping[mapping >= 0].tolist())
+            for g in np.argsort(dist[spk], kind="stable"):
+                if self._used[g] and g not in taken:
+                    mapping[spk] = g
+                    break
+
+        for spk in np.flatnonzero(matched & long):
+            self._centroids[mapping[spk]] += unit[spk]
+        for spk in new_speakers:
+            mapping[spk] = self._add(unit[spk])
+        return Assignment(mapping, self.max_speakers)
+
+    def _add(self, embedding: np.ndarray) -> int:
+        slot = int(np.flatnonzero(~self._used)[0])
+        self._centroids[slot] = embedding
+        self._used[slot] = True
+        return slot
