@@ -1,0 +1,94 @@
+"""Stateless model blocks over a verified bundle: segmentation and overlap-aware embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .features import Fbank, FbankConfig
+from .frames import FrameGrid
+from .runtime import DEFAULT_PROVIDERS, create_session
+from .weights import overlap_aware_weights, resample_weights
+
+
+class SegmentationModel:
+    """Chunk waveform (samples,) -> local speaker activations (frames, speakers)."""
+
+    def __init__(self, path: Path, grid: FrameGrid, **session_options):
+        self.session = create_session(path, **session_options)
+        self.grid = grid
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        wav = np.ascontiguousarray(samples, dtype=np.float32)[None, None, :]
+        return self.session.run(None, {"waveform": wav})[0][0]
+
+
+class EmbeddingModel:
+    """Chunk waveform + activations -> one L2-normalised embedding per local speaker.
+
+    fbank once per chunk, overlap-aware weights (diart's gamma/beta penalty) resampled from
+    segmentation frames onto fbank frames, one model call for all local speakers.
+    """
+
+    def __init__(self, path: Path, fbank: Fbank, seg_grid: FrameGrid, gamma: float = 3.0, beta: float = 10.0,
+                 **session_options):
+        self.session = create_session(path, **session_options)
+        self.fbank = fbank
+        cfg = fbank.config
+        self.fbank_grid = FrameGrid.from_samples(
+            step=int(round(cfg.frame_shift_ms * cfg.sample_rate / 1000)),
+            duration=int(round(cfg.frame_length_ms * cfg.sample_rate / 1000)),
+            sample_rate=cfg.sample_rate,
+        )
+        self.seg_grid = seg_grid
+        self.gamma = gamma
+        self.beta = beta
+
+    def weights(self, segmentation: np.ndarray, num_frames: int) -> np.ndarray:
+        """(frames, speakers) activations -> (speakers, fbank frames) pooling weights."""
+        w = overlap_aware_weights(segmentation, self.gamma, self.beta)
+        return resample_weights(w.T, num_frames, source=self.seg_grid, target=self.fbank_grid)
+
+    def __call__(self, samples: np.ndarray, segmentation: np.ndarray) -> np.ndarray:
+        feats = self.fbank(samples)
+        weights = self.weights(segmentation, feats.shape[0])
+        emb = self.session.run(None, {"fbank": feats[None], "weights": weights[None].astype(np.float32)})[0][0]
+        norm = np.linalg.norm(emb, axis=-1, keepdims=True)
+        return emb / np.maximum(norm, 1e-12)
+
+
+@dataclass
+class Models:
+    """The two model blocks of one bundle variant, plus the bundle they came from."""
+
+    bundle: Bundle
+    variant: str
+    segmentation: SegmentationModel
+    embedding: EmbeddingModel
+
+    @property
+    def sample_rate(self) -> int:
+        return self.bundle.segmentation.sample_rate
+
+
+def load_models(
+    root: Path | str,
+    variant: str = "int8",
+    threads: int = 1,
+    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    gamma: float = 3.0,
+    beta: float = 10.0,
+) -> Models:
+    """Verify the bundle (only ``variant``'s files are hashed) and open both models."""
+    bundle = load_bundle(root, variants=(variant,))
+    seg_info = bundle.segmentation
+    grid = FrameGrid(start=seg_info.frame_start, step=seg_info.frame_step, duration=seg_info.frame_duration)
+    options = {"intra_op_threads": threads, "inter_op_threads": 1, "providers": providers}
+    seg = SegmentationModel(bundle.model("segmentation", variant).path, grid, **options)
+    fbank = Fbank(FbankConfig.from_dict(bundle.embedding.fbank))
+    emb = EmbeddingModel(bundle.model("embedding", variant).path, fbank, grid, gamma, beta, **options)
+    return Models(bundle=bundle, variant=variant, segmentation=seg, embedding=emb)

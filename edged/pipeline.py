@@ -1,0 +1,144 @@
+"""The streaming diarization pipeline: audio blocks in, speaker turns and activity events out.
+
+Per step (every ``params.step`` seconds of audio once a full window exists): segmentation ->
+overlap-aware embeddings of all local speakers in one call -> incremental clustering into global
+speakers -> delayed aggregation of the overlapping windows at ``params.latency`` ->
+binarization -> turn and activity events. All state is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+import numpy as np
+
+from .aggregation import DelayedAggregator
+from .binarize import Binarizer
+from .buffer import Chunk, RollingBuffer
+from .clustering import IncrementalClustering
+from .events import ActivityEvent, TurnEvent
+from .hyperparams import PipelineParams
+from .models import Models
+
+log = logging.getLogger(__name__)
+
+Event = Union[TurnEvent, ActivityEvent]
+STEPS = ("segmentation", "embedding", "clustering", "aggregation")
+
+
+@dataclass
+class StepStats:
+    """Compute time of recent steps (ms), bounded to the last ``keep`` steps."""
+
+    keep: int = 2000
+    total_ms: list[float] = field(default_factory=list)
+    parts_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STEPS})
+    steps: int = 0
+    bad_samples: int = 0
+
+    def add(self, parts: dict[str, float]) -> None:
+        self.steps += 1
+        self.total_ms.append(sum(parts.values()))
+        for name, value in parts.items():
+            self.parts_ms[name].append(value)
+        if len(self.total_ms) > self.keep:
+            del self.total_ms[: -self.keep]
+            for values in self.parts_ms.values():
+                del values[: -self.keep]
+
+    def percentile(self, q: float, part: str | None = None) -> float:
+        values = self.total_ms if part is None else self.parts_ms[part]
+        return float(np.percentile(values, q)) if values else float("nan")
+
+
+class StreamingDiarizer:
+    """Feed 16 kHz mono float32 blocks with ``push``; call ``flush`` at end of stream.
+
+    ``wall_origin``: Unix time of stream time 0 for live sources (turns then carry wall-clock
+    times too).
+    """
+
+    def __init__(self, models: Models, params: PipelineParams | None = None, wall_origin: float | None = None):
+        self.models = models
+        self.params = params or PipelineParams()
+        p = self.params
+        self.sample_rate = models.sample_rate
+        self.window_samples = int(round(p.duration * self.sample_rate))
+        self.wall_origin = wall_origin
+        self.stats = StepStats()
+        self.buffer = RollingBuffer(self.sample_rate, p.duration, p.step)
+        self.clustering = IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
+        self.aggregator = DelayedAggregator(p.step, p.latency, p.duration, "hamming", start=0.0)
+        self.binarizer = Binarizer(p.onset, p.offset, p.min_duration_on, p.min_duration_off)
+        models.embedding.gamma, models.embedding.beta = p.gamma, p.beta
+        self._turn_seq = 0
+        self._activity_seq = 0
+        self._stream_end = 0.0  # end of the real audio seen so far (stream seconds)
+
+    def push(self, samples: np.ndarray) -> list[Event]:
+        """Add audio; returns the events that became final."""
+        samples = np.asarray(samples, dtype=np.float32)
+        bad = ~np.isfinite(samples)
+        if bad.any():
+            count = int(bad.sum())
+            if self.stats.bad_samples == 0:
+                log.warning("input has NaN/Inf samples; they are replaced by silence (counted in stats)")
+            self.stats.bad_samples += count
+            samples = np.where(bad, np.float32(0.0), samples)
+        events: list[Event] = []
+        for chunk in self.buffer.push(samples):
+            events.extend(self._process(chunk))
+        return events
+
+    def flush(self) -> list[Event]:
+        """End of stream: process the zero-padded tail, close open turns, reset for a new stream."""
+        events: list[Event] = []
+        for chunk in self.buffer.flush():
+            events.extend(self._process(chunk))
+        tail = self.aggregator.flush(end=self._stream_end)
+        if tail is not None and len(tail[0]):
+            events.extend(self._binarize(*tail))
+        out = self.binarizer.flush()
+        events.extend(self._events(out))
+        self.clustering.reset()
+        self._turn_seq = self._activity_seq = 0
+        self._stream_end = 0.0
+        return events
+
+    def _process(self, chunk: Chunk) -> list[Event]:
+        t0 = time.perf_counter()
+        seg = self.models.segmentation(chunk.samples)
+        t1 = time.perf_counter()
+        emb = self.models.embedding(chunk.samples, seg)
+        t2 = time.perf_counter()
+        scores = self.clustering(seg, emb)
+        t3 = time.perf_counter()
+        padded = chunk.num_real < self.window_samples
+        self._stream_end = chunk.real_end
+        region, grid = self.aggregator.push(scores, self.models.segmentation.grid.at(chunk.start),
+                                            end=chunk.real_end if padded else None)
+        events = self._binarize(region, grid)
+        t4 = time.perf_counter()
+        self.stats.add({"segmentation": 1e3 * (t1 - t0), "embedding": 1e3 * (t2 - t1),
+                        "clustering": 1e3 * (t3 - t2), "aggregation": 1e3 * (t4 - t3)})
+        return events
+
+    def _binarize(self, region: np.ndarray, grid) -> list[Event]:
+        if not len(region):
+            return []
+        return self._events(self.binarizer.push(region, grid))
+
+    def _events(self, out) -> list[Event]:
+        events: list[Event] = []
+        for turn in out.turns:
+            if turn.end > self._stream_end:  # the last frame may reach half a frame past the audio
+                turn = replace(turn, end=self._stream_end)
+            events.append(TurnEvent.from_turn(turn, self._turn_seq, self.wall_origin))
+            self._turn_seq += 1
+        for activity in out.activity:
+            events.append(ActivityEvent.from_activity(activity, self._activity_seq))
+            self._activity_seq += 1
+        return events
