@@ -16,7 +16,7 @@ from .weights import overlap_aware_weights, resample_weights
 
 
 class SegmentationModel:
-    """Chunk waveform (samples,) -> local speaker activations (frames, speakers)."""
+    """Chunk waveform (samples,) -> local speaker activation probabilities (frames, speakers)."""
 
     def __init__(self, path: Path, grid: FrameGrid, **session_options):
         self.session = create_session(path, **session_options)
@@ -24,7 +24,7 @@ class SegmentationModel:
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         wav = np.ascontiguousarray(samples, dtype=np.float32)[None, None, :]
-        return self.session.run(None, {"waveform": wav})[0][0]
+        return self.session.run(["activations"], {"waveform": wav})[0][0]
 
 
 class EmbeddingModel:

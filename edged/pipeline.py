@@ -4,6 +4,11 @@ Per step (every ``params.step`` seconds of audio once a full window exists): seg
 overlap-aware embeddings of all local speakers in one call -> incremental clustering into global
 speakers -> delayed aggregation of the overlapping windows at ``params.latency`` ->
 binarization -> turn and activity events. All state is bounded.
+
+Embedding weights and clustering see the local activations binarised at 0.5 (as diart, whose
+segmentation is hard); aggregation averages the probabilities. Measured on the shared data
+(int8, 5 s latency, DER ami/sample/falcon): binary everywhere 33.6/8.8/18.6, this 33.3/8.9/18.6,
+probabilities everywhere 34.3/10.0/18.6.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from .models import Models
 log = logging.getLogger(__name__)
 
 Event = Union[TurnEvent, ActivityEvent]
+# a local speaker is speaking in a frame when its activation probability reaches this
+LOCAL_THRESHOLD = 0.5
 STEPS = ("segmentation", "embedding", "clustering", "aggregation")
 
 
@@ -110,11 +117,12 @@ class StreamingDiarizer:
 
     def _process(self, chunk: Chunk) -> list[Event]:
         t0 = time.perf_counter()
-        seg = self.models.segmentation(chunk.samples)
+        probs = self.models.segmentation(chunk.samples)
+        local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
         t1 = time.perf_counter()
-        emb = self.models.embedding(chunk.samples, seg)
+        emb = self.models.embedding(chunk.samples, local)
         t2 = time.perf_counter()
-        scores = self.clustering(seg, emb)
+        scores = self.clustering.identify(local, emb).apply(probs)
         t3 = time.perf_counter()
         padded = chunk.num_real < self.window_samples
         self._stream_end = chunk.real_end

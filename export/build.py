@@ -81,12 +81,17 @@ def load_audio_set(paths: Sequence[Path], sample_rate: int) -> list[np.ndarray]:
     return [read_audio(p, sample_rate) for p in paths]
 
 
-def onnx_run(path: Path, feeds: dict[str, np.ndarray], batch: int = 16) -> np.ndarray:
-    """Run an ONNX model over batched numpy inputs (two threads: this is the host)."""
+def onnx_run_all(path: Path, feeds: dict[str, np.ndarray], batch: int = 16) -> list[np.ndarray]:
+    """Run an ONNX model over batched numpy inputs (two threads: this is the host); all outputs."""
     session = create_session(path, intra_op_threads=2)
     n = next(iter(feeds.values())).shape[0]
-    outs = [session.run(None, {k: v[i : i + batch] for k, v in feeds.items()})[0] for i in range(0, n, batch)]
-    return np.concatenate(outs)
+    outs = [session.run(None, {k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
+    return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+def onnx_run(path: Path, feeds: dict[str, np.ndarray], batch: int = 16) -> np.ndarray:
+    """The first output of ``onnx_run_all``."""
+    return onnx_run_all(path, feeds, batch)[0]
 
 
 def embedding_inputs(chunks: np.ndarray, activations: np.ndarray, fbank: Fbank) -> dict[str, np.ndarray]:
@@ -206,18 +211,18 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         emb.export_embedding(weighted, paths[("embedding", "fp32")], opts.opset, num_frames=fbank.num_frames(chunk))
 
         # Reference outputs from PyTorch on the parity audio.
-        activations_ref = parity.torch_batched(seg.SpeakerActivations(seg_model).eval(), parity_chunks[:, None, :])
-        seg_fp32 = onnx_run(paths[("segmentation", "fp32")], {"waveform": parity_chunks[:, None, :]})
+        activations_ref, active_ref = parity.torch_batched(seg.SpeakerActivations(seg_model).eval(), parity_chunks[:, None, :])
+        seg_fp32, active_fp32 = onnx_run_all(paths[("segmentation", "fp32")], {"waveform": parity_chunks[:, None, :]})
         emb_in = embedding_inputs(parity_chunks, activations_ref, fbank)
-        emb_ref = parity.torch_batched(weighted, emb_in["fbank"], emb_in["weights"])
+        (emb_ref,) = parity.torch_batched(weighted, emb_in["fbank"], emb_in["weights"])
         emb_fp32 = onnx_run(paths[("embedding", "fp32")], emb_in)
         active = activations_ref.max(axis=1) >= opts.gates.active_threshold  # (chunks, speakers)
         # Uniform weights through the exported graph must equal the unmodified CAM++.
         ones = np.ones((len(parity_chunks), 1, emb_in["fbank"].shape[1]), np.float32)
         uniform_onnx = onnx_run(paths[("embedding", "fp32")], {"fbank": emb_in["fbank"], "weights": ones})[:, 0]
-        uniform_ref = parity.torch_batched(campplus, emb_in["fbank"])
+        (uniform_ref,) = parity.torch_batched(campplus, emb_in["fbank"])
 
-        seg_int8 = emb_int8 = None
+        seg_int8 = emb_int8 = active_int8 = None
         if opts.quantize:
             log.info("quantizing segmentation (dynamic int8)")
             quantize.quantize_segmentation(paths[("segmentation", "fp32")], paths[("segmentation", "int8")])
@@ -228,10 +233,10 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
                 paths[("embedding", "fp32")], paths[("embedding", "int8")],
                 ({"fbank": calib_in["fbank"][i : i + 1], "weights": calib_in["weights"][i : i + 1]} for i in range(len(calib_chunks))),
             )
-            seg_int8 = onnx_run(paths[("segmentation", "int8")], {"waveform": parity_chunks[:, None, :]})
+            seg_int8, active_int8 = onnx_run_all(paths[("segmentation", "int8")], {"waveform": parity_chunks[:, None, :]})
             emb_int8 = onnx_run(paths[("embedding", "int8")], emb_in)
 
-        seg_fig = parity.segmentation_figures(activations_ref, seg_fp32, seg_int8)
+        seg_fig = parity.segmentation_figures(activations_ref, seg_fp32, seg_int8, (active_ref, active_fp32, active_int8))
         emb_fig = parity.embedding_figures(emb_ref, emb_fp32, emb_int8, active)
         uniform_cos = parity.cosine_rows(uniform_ref, uniform_onnx)
         emb_fig["fp32_uniform_cosine_min"] = float(uniform_cos.min())
@@ -260,7 +265,10 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "sample_rate": sr,
             "chunk_duration": opts.chunk_duration,
-            "segmentation": {**geometry, "output": "per-speaker activation probability (powerset marginals)"},
+            "segmentation": {**geometry, "outputs": {
+                "activations": "per-speaker activation probability (powerset marginals)",
+                "active": "0/1 speakers of the most likely powerset class",
+            }},
             "embedding": {
                 "model": "CAM++ (3D-Speaker), weighted statistics pooling",
                 "dim": emb.EMBEDDING_DIM,

@@ -53,7 +53,8 @@ def summary(manifest: dict[str, Any], out: Path) -> str:
     e = manifest["parity"]["embedding"]
     lines.append(
         f"  parity segmentation: fp32 max|diff| {s['fp32_max_abs_diff']:.2e}"
-        + (f", int8 frame agreement {100 * s['int8_frame_agreement']:.2f}%" if "int8_frame_agreement" in s else "")
+        + (f", int8 frame agreement {100 * s['int8_frame_agreement']:.2f}% (argmax class {100 * s['int8_argmax_agreement']:.2f}%)"
+           if "int8_frame_agreement" in s else "")
         + f" ({s['chunks']} chunks)"
     )
     lines.append(

@@ -55,8 +55,15 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-12)
 
 
-def segmentation_figures(reference: np.ndarray, fp32: np.ndarray, int8: np.ndarray | None) -> dict[str, Any]:
-    """Max/mean abs difference for fp32 and activity agreement for fp32 and int8."""
+def segmentation_figures(
+    reference: np.ndarray, fp32: np.ndarray, int8: np.ndarray | None,
+    hard: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+) -> dict[str, Any]:
+    """Max/mean abs difference for fp32 and activity agreement for fp32 and int8.
+
+    ``hard``: the (reference, fp32, int8) ``active`` outputs (speakers of the argmax powerset
+    class), whose per-frame agreement is reported too.
+    """
     figures: dict[str, Any] = {
         "chunks": int(reference.shape[0]),
         "frames": int(reference.shape[0] * reference.shape[1]),
@@ -74,6 +81,10 @@ def segmentation_figures(reference: np.ndarray, fp32: np.ndarray, int8: np.ndarr
                 "int8_cell_agreement": agreement["cells"],
             }
         )
+    if hard is not None:
+        figures["fp32_argmax_agreement"] = speaker_activity_agreement(hard[0], hard[1])["frames"]
+        if hard[2] is not None:
+            figures["int8_argmax_agreement"] = speaker_activity_agreement(hard[0], hard[2])["frames"]
     return figures
 
 
@@ -108,9 +119,10 @@ def check_gates(segmentation: dict[str, Any], embedding: dict[str, Any], gates: 
 
     need(segmentation["fp32_max_abs_diff"] <= gates.seg_fp32_max_abs,
          f"segmentation fp32 max abs diff {segmentation['fp32_max_abs_diff']:.2e} > {gates.seg_fp32_max_abs:g}")
-    if "int8_frame_agreement" in segmentation:
-        need(segmentation["int8_frame_agreement"] >= gates.seg_int8_frame_agreement,
-             f"segmentation int8 frame agreement {segmentation['int8_frame_agreement']:.4f} < {gates.seg_int8_frame_agreement}")
+    for key in ("int8_frame_agreement", "int8_argmax_agreement"):
+        if key in segmentation:
+            need(segmentation[key] >= gates.seg_int8_frame_agreement,
+                 f"segmentation {key.replace('_', ' ')} {segmentation[key]:.4f} < {gates.seg_int8_frame_agreement}")
     if embedding["embeddings"] == 0:
         failures.append("embedding parity had no active speaker in the parity audio; pass real speech with --parity-audio")
         return failures
@@ -132,10 +144,11 @@ def enforce(segmentation: dict[str, Any], embedding: dict[str, Any], gates: Gate
     return {"segmentation": segmentation, "embedding": embedding, "gates": asdict(gates), "passed": True}
 
 
-def torch_batched(fn, *arrays: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Run a torch module over numpy inputs in batches, without gradients."""
+def torch_batched(fn, *arrays: np.ndarray, batch: int = 16) -> list[np.ndarray]:
+    """Run a torch module over numpy inputs in batches, without gradients; one array per output."""
     outs = []
     with torch.no_grad():
         for i in range(0, arrays[0].shape[0], batch):
-            outs.append(fn(*[torch.from_numpy(np.ascontiguousarray(a[i : i + batch])) for a in arrays]).numpy())
-    return np.concatenate(outs)
+            out = fn(*[torch.from_numpy(np.ascontiguousarray(a[i : i + batch])) for a in arrays])
+            outs.append([o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))])
+    return [np.concatenate(parts) for parts in zip(*outs)]

@@ -1,8 +1,9 @@
 """pyannote segmentation-3.0: load with pyannote.audio, wrap, export to ONNX.
 
-The exported graph takes a waveform (batch, 1, samples) and returns per-frame activation
-probabilities of each local speaker (batch, frames, speakers): the powerset posteriors are
-marginalised inside the graph, so the edge needs no powerset code.
+The exported graph takes a waveform (batch, 1, samples) and returns, per frame and local speaker
+(batch, frames, speakers): ``activations``, the activation probabilities (powerset posteriors
+marginalised inside the graph), and ``active``, the 0/1 speakers of the most likely powerset
+class (pyannote's hard ``to_multilabel``, what diart consumes). The edge needs no powerset code.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ class SpeakerActivations(torch.nn.Module):
         # mapping[c, k] = 1 when powerset class c contains speaker k
         self.register_buffer("mapping", powerset.mapping.to(torch.float32))
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs = self.model(waveform)
-        return torch.matmul(torch.exp(log_probs), self.mapping)
+        soft = torch.matmul(torch.exp(log_probs), self.mapping)
+        best = torch.nn.functional.one_hot(torch.argmax(log_probs, dim=-1), self.mapping.shape[0])
+        hard = torch.matmul(best.to(torch.float32), self.mapping)
+        return soft, hard
 
 
 def geometry(model: torch.nn.Module) -> dict[str, Any]:
@@ -78,8 +82,12 @@ def export_segmentation(model: torch.nn.Module, path: Path, opset: int, sample_r
             (example,),
             str(path),
             input_names=["waveform"],
-            output_names=["activations"],
-            dynamic_axes={"waveform": {0: "batch", 2: "samples"}, "activations": {0: "batch", 1: "frames"}},
+            output_names=["activations", "active"],
+            dynamic_axes={
+                "waveform": {0: "batch", 2: "samples"},
+                "activations": {0: "batch", 1: "frames"},
+                "active": {0: "batch", 1: "frames"},
+            },
             opset_version=opset,
             dynamo=False,
         )
