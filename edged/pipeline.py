@@ -120,7 +120,10 @@ class StreamingDiarizer:
         probs = self.models.segmentation(chunk.samples)
         local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
         t1 = time.perf_counter()
-        emb = self.models.embedding(chunk.samples, local)
+        if (local.max(axis=0) >= self.params.tau_active).any():
+            emb = self.models.embedding(chunk.samples, local)
+        else:  # nobody speaks: clustering would ignore every embedding, so skip the model
+            emb = np.full((local.shape[1], self.models.bundle.embedding.dim), np.nan, np.float32)
         t2 = time.perf_counter()
         scores = self.clustering.identify(local, emb).apply(probs)
         t3 = time.perf_counter()

@@ -162,3 +162,19 @@ def test_realtime_pacing_follows_the_clock():
 def test_file_blocks_cover_the_file(data_dir):
     path = data_dir / "falcon" / "falcon.wav"
     assert sum(len(b) for b in file_blocks(path)) == len(read_audio(path))
+
+
+def test_silence_skips_the_embedding_model(models):
+    calls = []
+    real = models.embedding.__call__
+
+    class Counting:
+        def __call__(self, *args):
+            calls.append(1)
+            return real(*args)
+
+    diarizer = StreamingDiarizer(models)
+    diarizer.models = type(models)(models.bundle, models.variant, models.segmentation, Counting())
+    diarizer.push(np.zeros(16000 * 8, np.float32))
+    diarizer.flush()
+    assert diarizer.stats.steps == 7 and calls == []  # (8 s - 5 s) / 0.5 s + 1
