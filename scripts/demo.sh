@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT=${EDGED_MODELS:-models/default}
 .venv/bin/edged-export --quantize --out "$OUT"
-SAMPLE=$(.venv/bin/python -c 'import pyannote.audio, pathlib; print(pathlib.Path(pyannote.audio.__file__).parent / "sample" / "sample.wav")')
+SAMPLE=$(.venv/bin/python -c 'import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec("pyannote.audio").origin).parent / "sample" / "sample.wav")')
 echo
 echo "diarizing $SAMPLE (streaming, int8, one thread):"
 .venv/bin/edged diarize "$SAMPLE" --models "$OUT" --output out/demo
