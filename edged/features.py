@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .frames import FrameGrid
+
 __all__ = ["FbankConfig", "Fbank"]
 
 # std::numeric_limits<float>::epsilon(), the floor Kaldi and torchaudio put under the log.
@@ -40,6 +42,14 @@ class FbankConfig:
     high_freq: float = 0.0  # <= 0: offset from Nyquist (Kaldi convention)
     window: str = "povey"
     mean_normalize: bool = True  # subtract the mean over time of each segment
+
+    def frame_grid(self) -> FrameGrid:
+        """Timing of the output frames relative to the segment start (snip_edges)."""
+        return FrameGrid.from_samples(
+            step=int(round(self.frame_shift_ms * self.sample_rate / 1000)),
+            duration=int(round(self.frame_length_ms * self.sample_rate / 1000)),
+            sample_rate=self.sample_rate,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the settings, for a model manifest."""

@@ -12,7 +12,7 @@ from .bundle import Bundle, load_bundle
 from .features import Fbank, FbankConfig
 from .frames import FrameGrid
 from .runtime import DEFAULT_PROVIDERS, create_session
-from .weights import overlap_aware_weights, resample_weights
+from .weights import embedding_weights
 
 
 class SegmentationModel:
@@ -38,20 +38,14 @@ class EmbeddingModel:
                  **session_options):
         self.session = create_session(path, **session_options)
         self.fbank = fbank
-        cfg = fbank.config
-        self.fbank_grid = FrameGrid.from_samples(
-            step=int(round(cfg.frame_shift_ms * cfg.sample_rate / 1000)),
-            duration=int(round(cfg.frame_length_ms * cfg.sample_rate / 1000)),
-            sample_rate=cfg.sample_rate,
-        )
+        self.fbank_grid = fbank.config.frame_grid()
         self.seg_grid = seg_grid
         self.gamma = gamma
         self.beta = beta
 
     def weights(self, segmentation: np.ndarray, num_frames: int) -> np.ndarray:
         """(frames, speakers) activations -> (speakers, fbank frames) pooling weights."""
-        w = overlap_aware_weights(segmentation, self.gamma, self.beta)
-        return resample_weights(w.T, num_frames, source=self.seg_grid, target=self.fbank_grid)
+        return embedding_weights(segmentation, num_frames, self.gamma, self.beta, self.seg_grid, self.fbank_grid)
 
     def __call__(self, samples: np.ndarray, segmentation: np.ndarray) -> np.ndarray:
         feats = self.fbank(samples)

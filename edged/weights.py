@@ -46,3 +46,16 @@ def resample_weights(
     x_in = source.centers(w.shape[1])
     x_out = target.centers(frames_out)
     return np.stack([np.interp(x_out, x_in, row) for row in w]) if len(w) else np.zeros((0, frames_out))
+
+
+def embedding_weights(
+    segmentation: np.ndarray,
+    num_frames: int,
+    gamma: float = 3.0,
+    beta: float = 10.0,
+    source: FrameGrid = SEGMENTATION_FRAMES,
+    target: FrameGrid = FBANK_FRAMES,
+) -> np.ndarray:
+    """(frames, speakers) activations -> (speakers, num_frames) pooling weights on the embedding
+    model's frames: the overlap penalty, then resampling from ``source`` to ``target`` frames."""
+    return resample_weights(overlap_aware_weights(segmentation, gamma, beta).T, num_frames, source, target)

@@ -22,7 +22,8 @@ from edged.bundle import FORMAT_NAME, MANIFEST_NAME, MANIFEST_VERSION, load_bund
 from edged.errors import BundleError
 from edged.features import Fbank, FbankConfig
 from edged.runtime import create_session
-from edged.weights import overlap_aware_weights, resample_weights
+from edged.frames import FrameGrid
+from edged.weights import embedding_weights
 
 from . import embedding as emb
 from . import parity, quantize, segmentation as seg, timing
@@ -94,12 +95,13 @@ def onnx_run(path: Path, feeds: dict[str, np.ndarray], batch: int = 16) -> np.nd
     return onnx_run_all(path, feeds, batch)[0]
 
 
-def embedding_inputs(chunks: np.ndarray, activations: np.ndarray, fbank: Fbank) -> dict[str, np.ndarray]:
-    """fbank features and overlap-aware per-speaker weights on fbank frames, for a batch of chunks."""
+def embedding_inputs(chunks: np.ndarray, activations: np.ndarray, fbank: Fbank, seg_grid: FrameGrid) -> dict[str, np.ndarray]:
+    """fbank features and overlap-aware per-speaker weights on fbank frames, for a batch of chunks
+    (the edge's own feature and weight code)."""
     feats = fbank.batch(chunks)
-    frames = feats.shape[1]
-    weights = np.stack([resample_weights(overlap_aware_weights(a).T, frames) for a in activations]).astype(np.float32)
-    return {"fbank": feats, "weights": weights}
+    frames, fbank_grid = feats.shape[1], fbank.config.frame_grid()
+    weights = np.stack([embedding_weights(a, frames, source=seg_grid, target=fbank_grid) for a in activations])
+    return {"fbank": feats, "weights": weights.astype(np.float32)}
 
 
 def model_entry(path: Path, root: Path, precision: str, method: str) -> dict[str, Any]:
@@ -185,6 +187,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     weighted = emb.WeightedCAMPPlus(campplus).eval()
     geometry = seg.geometry(seg_model)
     sr = geometry["sample_rate"]
+    seg_grid = FrameGrid(start=geometry["frame_start"], step=geometry["frame_step"], duration=geometry["frame_duration"])
     fbank_config = FbankConfig(sample_rate=sr)
     fbank = Fbank(fbank_config)
 
@@ -213,7 +216,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         # Reference outputs from PyTorch on the parity audio.
         activations_ref, active_ref = parity.torch_batched(seg.SpeakerActivations(seg_model).eval(), parity_chunks[:, None, :])
         seg_fp32, active_fp32 = onnx_run_all(paths[("segmentation", "fp32")], {"waveform": parity_chunks[:, None, :]})
-        emb_in = embedding_inputs(parity_chunks, activations_ref, fbank)
+        emb_in = embedding_inputs(parity_chunks, activations_ref, fbank, seg_grid)
         (emb_ref,) = parity.torch_batched(weighted, emb_in["fbank"], emb_in["weights"])
         emb_fp32 = onnx_run(paths[("embedding", "fp32")], emb_in)
         active = activations_ref.max(axis=1) >= opts.gates.active_threshold  # (chunks, speakers)
@@ -228,7 +231,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             quantize.quantize_segmentation(paths[("segmentation", "fp32")], paths[("segmentation", "int8")])
             log.info("quantizing embedding (static QDQ int8, %d calibration chunks)", len(calib_chunks))
             calib_act = onnx_run(paths[("segmentation", "fp32")], {"waveform": calib_chunks[:, None, :]})
-            calib_in = embedding_inputs(calib_chunks, calib_act, fbank)
+            calib_in = embedding_inputs(calib_chunks, calib_act, fbank, seg_grid)
             quantize.quantize_embedding(
                 paths[("embedding", "fp32")], paths[("embedding", "int8")],
                 ({"fbank": calib_in["fbank"][i : i + 1], "weights": calib_in["weights"][i : i + 1]} for i in range(len(calib_chunks))),

@@ -276,3 +276,11 @@ def test_resample_weights_onto_fbank_frames():
     assert resample_weights(np.zeros((0, FRAMES)), 498).shape == (0, 498)
     with pytest.raises(ValueError):
         resample_weights(np.ones(FRAMES), 498)
+
+
+def test_embedding_weights_is_penalty_then_resampling():
+    from edged.weights import embedding_weights
+
+    seg = np.random.default_rng(1).random((FRAMES, 3))
+    expected = resample_weights(overlap_aware_weights(seg, gamma=2.0, beta=5.0).T, 498)
+    np.testing.assert_allclose(embedding_weights(seg, 498, gamma=2.0, beta=5.0), expected)

@@ -49,19 +49,12 @@ def test_bundle_runs_without_torch(exported_bundle, data_dir):
         f"""
         import numpy as np
         from edged.audio import read_audio
-        from edged.bundle import load_bundle
-        from edged.features import Fbank, FbankConfig
-        from edged.runtime import create_session
-        from edged.weights import overlap_aware_weights, resample_weights
-        bundle = load_bundle({str(exported_bundle)!r})
+        from edged.models import load_models
+        models = load_models({str(exported_bundle)!r}, "int8")
         wav = read_audio({str(data_dir / "sample" / "sample.wav")!r})[:80000]
-        seg = create_session(bundle.model("segmentation", "int8").path)
-        act = seg.run(None, {{"waveform": wav[None, None, :]}})[0][0]
-        fb = Fbank(FbankConfig(**bundle.embedding.fbank))(wav)
-        w = resample_weights(overlap_aware_weights(act).T, fb.shape[0])[None].astype(np.float32)
-        emb = create_session(bundle.model("embedding", "int8").path)
-        out = emb.run(None, {{"fbank": fb[None], "weights": w}})[0]
-        assert out.shape == (1, 3, 192) and np.isfinite(out).all()
+        act = models.segmentation(wav)
+        out = models.embedding(wav, act)
+        assert act.shape == (293, 3) and out.shape == (3, 192) and np.isfinite(out).all()
         print("ok")
         """
     )
