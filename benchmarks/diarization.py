@@ -56,11 +56,9 @@ def run_worker(models_dir: str, variant: str, latency: float, files: list[str], 
     for path in files:
         wav = read_audio(path)
         diarizer = StreamingDiarizer(models, params)
-        turns = []
         started = time.perf_counter()
-        for i in range(0, len(wav), block):
-            turns += [e for e in diarizer.push(wav[i : i + block]) if isinstance(e, TurnEvent)]
-        turns += [e for e in diarizer.flush() if isinstance(e, TurnEvent)]
+        blocks = (wav[i : i + block] for i in range(0, len(wav), block))
+        turns = [e for e in diarizer.run(blocks) if isinstance(e, TurnEvent)]
         out["compute_s"] += time.perf_counter() - started
         out["audio_s"] += len(wav) / 16000
         out["step_ms"] += diarizer.stats.total_ms

@@ -70,24 +70,24 @@ def diarize_one(name: str, diarizer: StreamingDiarizer, args: argparse.Namespace
     if args.realtime:
         diarizer.wall_origin = time.time()
     turns: list[TurnEvent] = []
-    samples = 0
     started = time.perf_counter()
-    # Events are appended and flushed as they come, so a crash keeps what was produced.
-    with open(events_path, "w", encoding="utf-8") as log_file:
-        def emit(events):
-            for event in events:
-                log_file.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
-                if isinstance(event, TurnEvent):
-                    turns.append(event)
-            log_file.flush()
+    audio_samples = [0]
 
-        for block in _blocks(name, args, diarizer.sample_rate):
-            samples += len(block)
-            emit(diarizer.push(block))
-        emit(diarizer.flush())
+    def counted(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in blocks:
+            audio_samples[0] += len(block)
+            yield block
+
+    # Each event is written and flushed as it comes, so a crash keeps what was produced.
+    with open(events_path, "w", encoding="utf-8") as log_file:
+        for event in diarizer.run(counted(_blocks(name, args, diarizer.sample_rate))):
+            log_file.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+            log_file.flush()
+            if isinstance(event, TurnEvent):
+                turns.append(event)
     elapsed = time.perf_counter() - started
     rttm_path.write_text(format_rttm(uri, turns), encoding="utf-8")
-    audio_seconds = samples / diarizer.sample_rate
+    audio_seconds = audio_samples[0] / diarizer.sample_rate
     return {
         "uri": uri,
         "audio_s": audio_seconds,
@@ -102,8 +102,7 @@ def diarize_one(name: str, diarizer: StreamingDiarizer, args: argparse.Namespace
 def cmd_diarize(args: argparse.Namespace) -> int:
     params = PipelineParams.preset(args.preset) if args.latency is None else PipelineParams.preset(args.preset, latency=args.latency)
     providers = tuple(args.provider) if args.provider else ("CPUExecutionProvider",)
-    models = load_models(args.models, args.variant, threads=args.threads, providers=providers,
-                         gamma=params.gamma, beta=params.beta)
+    models = load_models(args.models, args.variant, threads=args.threads, providers=providers)
     failed = 0
     for name in args.inputs:
         diarizer = StreamingDiarizer(models, params)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Union
+from typing import Iterable, Iterator, Union
 
 import numpy as np
 
@@ -99,6 +99,12 @@ class StreamingDiarizer:
         for chunk in self.buffer.push(samples):
             events.extend(self._process(chunk))
         return events
+
+    def run(self, blocks: Iterable[np.ndarray]) -> Iterator[Event]:
+        """Push every block, then flush: the events of one whole stream, as they become final."""
+        for block in blocks:
+            yield from self.push(block)
+        yield from self.flush()
 
     def flush(self) -> list[Event]:
         """End of stream: process the zero-padded tail, close open turns, reset for a new stream."""

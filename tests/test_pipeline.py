@@ -23,10 +23,7 @@ def models(exported_bundle):
 
 def run(models, wav, params=None, block=1600):
     diarizer = StreamingDiarizer(models, params)
-    events = []
-    for start in range(0, len(wav), block):
-        events += diarizer.push(wav[start : start + block])
-    events += diarizer.flush()
+    events = list(diarizer.run(wav[start : start + block] for start in range(0, len(wav), block)))
     return diarizer, [e for e in events if isinstance(e, TurnEvent)], [e for e in events if isinstance(e, ActivityEvent)]
 
 
