@@ -43,13 +43,19 @@ class EmbeddingModel:
         self.gamma = gamma
         self.beta = beta
 
-    def weights(self, segmentation: np.ndarray, num_frames: int) -> np.ndarray:
-        """(frames, speakers) activations -> (speakers, fbank frames) pooling weights."""
-        return embedding_weights(segmentation, num_frames, self.gamma, self.beta, self.seg_grid, self.fbank_grid)
+    def weights(self, segmentation: np.ndarray, num_frames: int, gamma: float | None = None,
+                beta: float | None = None) -> np.ndarray:
+        """(frames, speakers) activations -> (speakers, fbank frames) pooling weights.
 
-    def __call__(self, samples: np.ndarray, segmentation: np.ndarray) -> np.ndarray:
+        ``gamma``/``beta`` override the model's defaults for this call (the pipeline passes its own)."""
+        gamma = self.gamma if gamma is None else gamma
+        beta = self.beta if beta is None else beta
+        return embedding_weights(segmentation, num_frames, gamma, beta, self.seg_grid, self.fbank_grid)
+
+    def __call__(self, samples: np.ndarray, segmentation: np.ndarray, gamma: float | None = None,
+                 beta: float | None = None) -> np.ndarray:
         feats = self.fbank(samples)
-        weights = self.weights(segmentation, feats.shape[0])
+        weights = self.weights(segmentation, feats.shape[0], gamma, beta)
         emb = self.session.run(None, {"fbank": feats[None], "weights": weights[None].astype(np.float32)})[0][0]
         norm = np.linalg.norm(emb, axis=-1, keepdims=True)
         return emb / np.maximum(norm, 1e-12)

@@ -80,10 +80,25 @@ class StreamingDiarizer:
         self.clustering = IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
         self.aggregator = DelayedAggregator(p.step, p.latency, p.duration, "hamming", start=0.0)
         self.binarizer = Binarizer(p.onset, p.offset, p.min_duration_on, p.min_duration_off)
-        models.embedding.gamma, models.embedding.beta = p.gamma, p.beta
         self._turn_seq = 0
         self._activity_seq = 0
         self._stream_end = 0.0  # end of the real audio seen so far (stream seconds)
+
+    def update_params(self, params: PipelineParams) -> bool:
+        """Apply new hyper-parameters in place, keeping the speakers and open turns, when the
+        stream geometry (duration, step, latency, max_speakers) is unchanged; False otherwise
+        (the caller then builds a new diarizer)."""
+        p = self.params
+        if (params.duration, params.step, params.latency, params.max_speakers) != (
+            p.duration, p.step, p.latency, p.max_speakers
+        ):
+            return False
+        self.params = params
+        c, b = self.clustering, self.binarizer
+        c.tau_active, c.rho_update, c.delta_new = params.tau_active, params.rho_update, params.delta_new
+        b.onset, b.offset = params.onset, params.offset
+        b.min_duration_on, b.min_duration_off = params.min_duration_on, params.min_duration_off
+        return True
 
     def push(self, samples: np.ndarray) -> list[Event]:
         """Add audio; returns the events that became final."""
@@ -127,7 +142,7 @@ class StreamingDiarizer:
         local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
         t1 = time.perf_counter()
         if (local.max(axis=0) >= self.params.tau_active).any():
-            emb = self.models.embedding(chunk.samples, local)
+            emb = self.models.embedding(chunk.samples, local, self.params.gamma, self.params.beta)
         else:  # nobody speaks: clustering would ignore every embedding, so skip the model
             emb = np.full((local.shape[1], self.models.bundle.embedding.dim), np.nan, np.float32)
         t2 = time.perf_counter()

@@ -6,13 +6,15 @@
 #   EDGED_EXTRAS       extras to install (default export,host,alsa,test)
 #   EDGED_TORCH_INDEX  optional pip index holding the torch 2.13.0 CPU wheel, for machines
 #                      that have no local copy of it (PyTorch publishes a CPU-only index)
+#   EDGED_APT_EXTRA    more apt packages (scripts/test.sh adds the services the tests start)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${EDGED_VENV:-.venv}
 EXTRAS=${EDGED_EXTRAS:-export,host,alsa,test}
 TORCH_PIN="torch==2.13.0"
-APT_PACKAGES="portaudio19-dev libsndfile1 gcc"
+# portaudio: pyaudio's build; mosquitto: the local broker of the demo
+APT_PACKAGES="portaudio19-dev libsndfile1 gcc mosquitto mosquitto-clients ${EDGED_APT_EXTRA:-}"
 
 say() { echo "setup: $*"; }
 

@@ -46,3 +46,13 @@ def exported_bundle(tmp_path_factory, data_dir) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out.parent / "summary.txt").write_text(proc.stdout)
     return out
+
+
+@pytest.fixture(scope="session")
+def bundle(request) -> Path:
+    """The bundle tests of the edge runtime use: ``exported_bundle``, or, for quick local runs,
+    an existing bundle named by ``EDGED_TEST_BUNDLE`` (ignored in CI)."""
+    existing = os.environ.get("EDGED_TEST_BUNDLE")
+    if existing and not os.environ.get("CI"):
+        return Path(existing)
+    return request.getfixturevalue("exported_bundle")

@@ -11,9 +11,9 @@ from edged.bundle import MANIFEST_NAME, MANIFEST_VERSION, BundleError, load_bund
 
 
 @pytest.fixture
-def bundle_copy(exported_bundle, tmp_path):
+def bundle_copy(bundle, tmp_path):
     dst = tmp_path / "bundle"
-    shutil.copytree(exported_bundle, dst)
+    shutil.copytree(bundle, dst)
     return dst
 
 

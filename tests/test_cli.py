@@ -10,13 +10,13 @@ from conftest import REPO
 from test_torch_free import BLOCK_TORCH
 
 
-def test_diarize_writes_rttm_and_events_without_torch(exported_bundle, data_dir, tmp_path):
+def test_diarize_writes_rttm_and_events_without_torch(bundle, data_dir, tmp_path):
     code = BLOCK_TORCH + "from edged.cli import main; import sys; rc = main(sys.argv[1:]); " \
         "assert not any(m.split('.')[0] in ('torch', 'pyannote') for m in sys.modules); sys.exit(rc)"
     proc = subprocess.run(
         [sys.executable, "-c", code, "diarize", str(data_dir / "sample" / "sample.wav"),
          str(data_dir / "falcon" / "falcon.wav"), str(tmp_path / "missing.wav"),
-         "--models", str(exported_bundle), "--output", str(tmp_path / "out"), "--latency", "2"],
+         "--models", str(bundle), "--output", str(tmp_path / "out"), "--latency", "2"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert proc.returncode == 1, proc.stderr  # one input failed, the others were written

@@ -17,8 +17,8 @@ from edged.pipeline import StreamingDiarizer
 
 
 @pytest.fixture(scope="module")
-def models(exported_bundle):
-    return load_models(exported_bundle, "int8")
+def models(bundle):
+    return load_models(bundle, "int8")
 
 
 def run(models, wav, params=None, block=1600):
@@ -65,11 +65,11 @@ def test_block_size_does_not_change_result(models, data_dir):
     assert [(t.speaker, t.start, t.end) for t in a] == [(t.speaker, t.start, t.end) for t in b]
 
 
-def test_int8_and_fp32_agree_on_sample(exported_bundle, data_dir):
+def test_int8_and_fp32_agree_on_sample(bundle, data_dir):
     wav = read_audio(data_dir / "sample" / "sample.wav")
     ref = data_dir / "sample" / "sample.rttm"
-    der8 = der(ref, "sample", run(load_models(exported_bundle, "int8"), wav)[1])
-    der32 = der(ref, "sample", run(load_models(exported_bundle, "fp32"), wav)[1])
+    der8 = der(ref, "sample", run(load_models(bundle, "int8"), wav)[1])
+    der32 = der(ref, "sample", run(load_models(bundle, "fp32"), wav)[1])
     assert abs(der8 - der32) <= 0.02
 
 

@@ -12,8 +12,8 @@ from edged.errors import BundleError
 from edged.runtime import create_session
 
 
-def test_missing_provider_falls_back_to_cpu(exported_bundle, caplog):
-    path = load_bundle(exported_bundle, variants=("int8",)).model("segmentation", "int8").path
+def test_missing_provider_falls_back_to_cpu(bundle, caplog):
+    path = load_bundle(bundle, variants=("int8",)).model("segmentation", "int8").path
     with caplog.at_level(logging.WARNING, logger="edged.runtime"):
         session = create_session(path, providers=("TensorrtExecutionProvider", "CUDAExecutionProvider"))
     assert session.get_providers() == ["CPUExecutionProvider"]

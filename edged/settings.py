@@ -1,0 +1,179 @@
+"""Typed settings: YAML mappings -> dataclasses, validated with one-line errors.
+
+Generic over any dataclass whose fields use bool, int, float, str, Path, ``X | None``,
+``Literal[...]``, ``tuple[str, ...]`` or nested dataclasses. Numeric bounds live in
+``field(metadata={"range": (lo, hi)})`` (inclusive, ``None`` = open); a class may add a
+``validate()`` method for cross-field checks that raises ``ValueError``. Errors name the key,
+the value and what is allowed, e.g. ``mqtt.port=70000 is out of range; allowed 1..65535``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _kind(tp: Any) -> str:
+    """Human name of a type for error messages."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_kind(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return "a list"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            Path: "a path", type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_range(key: str, value: float, metadata: Mapping[str, Any]) -> None:
+    lo, hi = metadata.get("range", (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        allowed = f"{'' if lo is None else lo}..{'' if hi is None else hi}"
+        raise ConfigError(f"{key}={value!r} is out of range; allowed {allowed}")
+
+
+def coerce(tp: Any, value: Any, key: str, metadata: Mapping[str, Any] | None = None) -> Any:
+    """Check ``value`` against type ``tp`` (and bounds); return it converted (lists -> tuples,
+    str -> Path, int -> float, numbers -> str for str fields)."""
+    metadata = metadata or {}
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(arg, value, key, metadata)
+            except ConfigError as exc:
+                if "out of range" in str(exc) or "not allowed" in str(exc):
+                    raise
+        raise ConfigError(f"{key}={_show(value, metadata)} has the wrong type; expected {_kind(tp)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        for option in allowed:
+            if value == option and type(value) is type(option):
+                return option
+            if isinstance(option, str) and not isinstance(value, bool) and str(value) == option:
+                return option
+        raise ConfigError(f"{key}={_show(value, metadata)} is not allowed; choose one of "
+                          + ", ".join(repr(a) for a in allowed))
+    if origin in (tuple, list):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={_show(value, metadata)} has the wrong type; expected a list")
+        (item_tp, *_rest) = typing.get_args(tp) or (Any,)
+        return tuple(coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check_range(key, value, metadata)
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}={value!r} must be a finite number")
+            _check_range(key, float(value), metadata)
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is Path:
+        if isinstance(value, (str, Path)) and str(value):
+            return Path(value)
+    elif tp is Any:
+        return value
+    raise ConfigError(f"{key}={_show(value, metadata)} has the wrong type; expected {_kind(tp)}")
+
+
+def _show(value: Any, metadata: Mapping[str, Any]) -> str:
+    return "<secret>" if metadata.get("secret") else repr(value)
+
+
+def build(cls: type[T], data: Any, where: str) -> T:
+    """Dataclass ``cls`` from a mapping (missing keys take defaults); one-line ConfigError on
+    unknown keys, wrong types, out-of-range values or a failed ``validate()``."""
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [str(k) for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key; allowed keys: {', '.join(fields)}")
+    kwargs = {name: coerce(hints[name], value, _join(where, name), fields[name].metadata)
+              for name, value in data.items()}
+    try:
+        obj = cls(**kwargs)
+        validate = getattr(obj, "validate", None)
+        if callable(validate):
+            validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where and not str(exc).startswith(where) else str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+    return obj
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def set_path(data: dict[str, Any], dotted: str, text: str) -> None:
+    """Override ``a.b.c`` in nested ``data`` with ``text`` parsed as a YAML scalar or list."""
+    keys = [k for k in dotted.split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {dotted!r} has no key; write section.key=value")
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        value = text
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """``(key, kind, default)`` for every field, recursively (for docs and ``edged config``)."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = _join(prefix, f.name)
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, key))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        rows.append((key, _kind(tp), default))
+    return rows
