@@ -67,7 +67,7 @@ def pcm_blocks(
         raise AudioError(f"raw PCM dtype {dtype!r} is not supported; use int16, int32 or float32")
     frame_bytes = kind.itemsize * channels
     block_bytes = max(1, int(round(block_seconds * rate))) * frame_bytes
-    scale = 1.0 / np.iinfo(kind).max if kind.kind == "i" else 1.0
+    scale = 1.0 / (float(np.iinfo(kind).max) + 1.0) if kind.kind == "i" else 1.0  # as soundfile: int16/32768
     pending = b""
     while True:
         data = stream.read(block_bytes)

@@ -1,4 +1,5 @@
-"""``edged`` command line: ``edged diarize`` runs the streaming pipeline over files or stdin."""
+"""``edged`` command line: ``run`` (the daemon), ``check`` (config, models, audio, broker) and
+``diarize`` (the streaming pipeline over files or stdin)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .audio import file_blocks, paced, pcm_blocks
-from .errors import EdgedError
+from .errors import ConfigError, EdgedError
 from .events import TurnEvent, format_rttm
 from .hyperparams import PRESETS, PipelineParams
 from .models import load_models
 from .pipeline import StreamingDiarizer
+from .config import DEFAULT_PATH
 
 log = logging.getLogger("edged")
+EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus: a bad config is not retried
 
 
 def _positive_threads(text: str) -> int:
@@ -50,6 +53,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--channels", type=int, default=1, help="channels of raw PCM on stdin (default 1)")
     d.add_argument("--dtype", default="int16", choices=("int16", "int32", "float32"), help="raw PCM sample type (default int16)")
     d.add_argument("-v", "--verbose", action="store_true")
+
+    for name, text in (("run", "run the daemon: audio -> speaker turns on MQTT (the systemd unit's ExecStart)"),
+                       ("check", "check the config, model bundle, audio device, spool and broker, one line each"),
+                       ("config", "print the effective config (file < environment < --set) as YAML, secrets redacted")):
+        c = sub.add_parser(name, help=text, description=text)
+        c.add_argument("--config", type=Path, default=Path(os.environ.get("EDGED_CONFIG", DEFAULT_PATH)),
+                       help=f"YAML config (default: $EDGED_CONFIG or {DEFAULT_PATH})")
+        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config key (repeatable; also EDGED__SECTION__KEY=VALUE in the environment)")
+        c.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        if name == "run":
+            c.add_argument("--replay-speed", type=float, default=1.0,
+                           help="with audio.source=file: replay this many times faster than real time (tests, demos)")
+    sub.add_parser("devices", help="list the audio input devices (names and indexes for audio.device)")
+    listen = sub.add_parser("listen", help="subscribe to a device and print its speaker turns as they arrive",
+                            description="Prints turn, active and status messages; with --count/--timeout/--until-offline "
+                                        "it ends and prints the turn count and the latency after each turn's end.")
+    listen.add_argument("--host", default="localhost")
+    listen.add_argument("--port", type=int, default=1883)
+    listen.add_argument("--prefix", default=None, help="topic prefix (default edged/<device-id>)")
+    listen.add_argument("--device-id", default=None, help="device id, for the default prefix")
+    listen.add_argument("--username", default=None)
+    listen.add_argument("--count", type=int, default=None, help="stop after this many turns")
+    listen.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    listen.add_argument("--until-offline", action="store_true", help="stop when the device publishes offline")
+    listen.add_argument("--json", action="store_true", help="one JSON object per message")
     return parser
 
 
@@ -119,11 +148,57 @@ def cmd_diarize(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="edged: %(levelname)s: %(message)s")
+    quiet = args.command == "diarize" and not args.verbose
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="edged: %(levelname)s: %(name)s: %(message)s" if args.command == "run"
+                        else "edged: %(levelname)s: %(message)s")
     try:
         if args.command == "diarize":
             return cmd_diarize(args)
+        if args.command == "run":
+            from .daemon import Daemon
+
+            if args.verbose:
+                args.overrides.append("logging.level=debug")
+            return Daemon(args.config, args.overrides, replay_speed=args.replay_speed).run()
+        if args.command == "devices":
+            from .capture import list_devices
+
+            lines = list_devices()
+            for line in lines:
+                print(line)
+            if not lines:
+                print("no audio input devices found; plug in a microphone, check 'arecord -l' and the audio group",
+                      file=sys.stderr)
+            return 0 if lines else 1
+        if args.command == "listen":
+            from .listen import listen
+
+            if args.prefix is None and args.device_id is None:
+                raise EdgedError("listen needs --prefix or --device-id (topics are edged/<device-id>/...)")
+            prefix = args.prefix or f"edged/{args.device_id}"
+            got = listen(args.host, args.port, prefix, count=args.count, timeout=args.timeout, as_json=args.json,
+                         until_offline=args.until_offline, username=args.username,
+                         password=os.environ.get("EDGED_MQTT_PASSWORD"))
+            print(f"# {got.summary()}", file=sys.stderr)
+            return 0
+        if args.command == "config":
+            import yaml
+
+            from .config import config_to_dict, load_config
+
+            path = args.config if args.config.exists() or args.config != DEFAULT_PATH else None
+            config = load_config(path, args.overrides)
+            print(yaml.safe_dump({"device_id": config.device, **{k: v for k, v in config_to_dict(config).items()
+                                                               if k != "device_id"}}, sort_keys=False), end="")
+            return 0
+        if args.command == "check":
+            from .check import run_checks
+
+            return run_checks(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"edged: error: {exc}", file=sys.stderr)
+        return EX_CONFIG if args.command == "run" else 1
     except EdgedError as exc:
         print(f"edged: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,282 @@
+"""The daemon: audio source -> streaming pipeline -> spool + MQTT, under systemd.
+
+Main thread: read a block (bounded wait), push it through the pipeline, hand turns to the
+publisher (spooled and fsync'd before they are sent), feed the watchdog, publish stats. Capture
+runs on its own thread behind a bounded queue; paho runs its network loop on another.
+
+Signals: SIGTERM/SIGINT stop (flush the open turns, publish them, ``offline``), SIGHUP reloads
+the config (speaker state is kept when the stream geometry is unchanged; a config that fails
+validation is logged and the old one kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import DaemonConfig, load_config
+from .errors import EdgedError
+from .events import ActivityEvent, TurnEvent
+from .models import Models, load_models
+from .notify import Notifier
+from .pipeline import Event, StreamingDiarizer
+
+log = logging.getLogger("edged.daemon")
+READ_TIMEOUT_S = 0.2
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def iso(epoch: float | None) -> str | None:
+    """Unix seconds -> ISO 8601 UTC with milliseconds."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def turn_payload(event: TurnEvent, device_id: str) -> dict[str, Any]:
+    """The MQTT ``turn`` payload (the publisher adds the durable ``seq``)."""
+    d = event.to_dict()
+    d["stream_seq"] = d.pop("seq")
+    d["device_id"] = device_id
+    d["wall_start_iso"] = iso(event.wall_start)
+    d["wall_end_iso"] = iso(event.wall_end)
+    return d
+
+
+def active_payload(event: ActivityEvent, device_id: str, wall_origin: float | None) -> dict[str, Any]:
+    """The retained MQTT ``active`` payload: who is speaking from ``time`` on."""
+    wall = None if wall_origin is None else round(wall_origin + event.time, 3)
+    return {"device_id": device_id, "speakers": list(event.speakers), "count": len(event.speakers),
+            "time": event.time, "wall_time": wall, "wall_time_iso": iso(wall), "stream_seq": event.seq}
+
+
+def open_source(config: DaemonConfig, sample_rate: int, replay_speed: float = 1.0):
+    """The configured audio source (not started)."""
+    audio = config.audio
+    if audio.source == "file":
+        from .replay import FileReplay
+
+        return FileReplay(audio.file, sample_rate, audio.block_ms, speed=replay_speed)
+    from .capture import AlsaCapture
+
+    return AlsaCapture(audio, sample_rate)
+
+
+def source_stats(source) -> dict[str, Any]:
+    if hasattr(source, "stats_dict"):
+        return source.stats_dict()
+    stats = source.stats
+    return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats)
+
+
+class Daemon:
+    """``edged run``: owns the config, models, source, pipeline, spool and publisher."""
+
+    def __init__(self, config_path: Path | None, overrides: Sequence[str] = (), replay_speed: float = 1.0):
+        self.config_path = config_path
+        self.overrides = list(overrides)
+        self.replay_speed = replay_speed
+        self.config: DaemonConfig = load_config(config_path, self.overrides)
+        self.notifier = Notifier()
+        self._stop = False
+        self._reload = False
+        self.started = time.monotonic()
+        self.audio_seconds = 0.0
+        self.turns_published = 0
+        self._events_file = None
+        self._stream_seconds = 0.0  # audio pushed into the current diarizer
+        self._source_seconds = 0.0  # audio delivered by the current source
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT or the end of a replayed file; exit status."""
+        self._install_signals()
+        self._apply_logging()
+        c = self.config
+        self.notifier.status("loading models")
+        self.models = self._load_models(c)
+        self._open_spool_and_publisher(c)
+        self.source = open_source(c, self.models.sample_rate, self.replay_speed)
+        self.source.start()
+        self._new_diarizer(c)
+        self._open_events_file(c)
+        log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
+                 c.audio.file if c.audio.source == "file" else c.audio.device, c.mqtt.host, c.mqtt.port)
+        self.notifier.ready(f"running: device {c.device}")
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def request_reload(self, *_: Any) -> None:
+        self._reload = True
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def _loop(self) -> None:
+        next_stats = time.monotonic() + self.config.mqtt.stats_interval
+        while not self._stop:
+            if self._reload:
+                self._reload = False
+                self.reload()
+            block = self.source.read(READ_TIMEOUT_S)
+            self.notifier.watchdog()
+            if block is None:
+                if getattr(self.source, "finished", False):
+                    log.info("end of %s", self.config.audio.file)
+                    break
+            else:
+                seconds = len(block) / self.models.sample_rate
+                self.audio_seconds += seconds
+                self._stream_seconds += seconds
+                self._source_seconds += seconds
+                if self.source.origin is not None:
+                    # the source's origin moves on after dropped audio or a reconnect, so that
+                    # origin + source time is each sample's wall-clock time; map stream time onto it
+                    self.diarizer.wall_origin = self.source.origin + self._source_seconds - self._stream_seconds
+                self._emit(self.diarizer.push(block))
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + self.config.mqtt.stats_interval
+                self.publisher.publish_stats(self.stats())
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping: flushing the open turns")
+        try:
+            self.source.stop()
+        except Exception as exc:  # the device may be gone; the flush below matters more
+            log.warning("audio source did not stop cleanly: %s", exc)
+        self._emit(self.diarizer.flush())
+        self.publisher.publish_stats(self.stats())
+        self.publisher.stop()
+        self.spool.close()
+        if self._events_file is not None:
+            self._events_file.close()
+        log.info("stopped: %d turns published this run, spool depth %d", self.turns_published, self.spool.depth)
+
+    # --- pieces ----------------------------------------------------------------------------
+    def _apply_logging(self) -> None:
+        logging.getLogger("edged").setLevel(LEVELS[self.config.logging.level])
+
+    @staticmethod
+    def _load_models(c: DaemonConfig) -> Models:
+        return load_models(c.models.path, c.models.variant, threads=c.models.threads,
+                           providers=c.models.providers, gamma=c.pipeline.gamma, beta=c.pipeline.beta)
+
+    def _open_spool_and_publisher(self, c: DaemonConfig) -> None:
+        from .mqtt import MqttPublisher
+        from .spool import Spool
+
+        self.spool = Spool(c.spool)
+        self.publisher = MqttPublisher(c.mqtt, c.device, self.spool)
+        self.publisher.start()
+
+    def _open_events_file(self, c: DaemonConfig) -> None:
+        if self._events_file is not None:
+            self._events_file.close()
+            self._events_file = None
+        if c.logging.events_file is not None:
+            self._events_file = open(c.logging.events_file, "a", encoding="utf-8")
+
+    def _emit(self, events: list[Event]) -> None:
+        device = self.config.device
+        for event in events:
+            if isinstance(event, TurnEvent):
+                payload = turn_payload(event, device)
+                seq = payload["seq"] = self.publisher.publish_turn(payload)
+                self.turns_published += 1
+                log.debug("turn %s %s %.2f-%.2f", seq, event.speaker, event.start, event.end)
+            else:
+                payload = active_payload(event, device, self.diarizer.wall_origin)
+                self.publisher.publish_active(payload)
+            if self._events_file is not None:
+                self._events_file.write(json.dumps({"type": event.to_dict()["type"], **payload}) + "\n")
+                self._events_file.flush()
+
+    def stats(self) -> dict[str, Any]:
+        """The ``stats`` payload: uptime, step latency, real-time factor, audio and queue figures."""
+        s = self.diarizer.stats
+        p50 = s.percentile(50)
+        step_ms = 1e3 * self.config.pipeline.step
+        return {
+            "device_id": self.config.device,
+            "time_iso": iso(time.time()),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "audio_s": round(self.audio_seconds, 1),
+            "steps": s.steps,
+            "step_ms_p50": None if p50 != p50 else round(p50, 1),
+            "step_ms_p95": None if s.steps == 0 else round(s.percentile(95), 1),
+            "rtf": None if p50 != p50 else round(p50 / step_ms, 3),
+            "speakers": self.diarizer.clustering.num_speakers,
+            "turns_published": self.turns_published,
+            "bad_samples": s.bad_samples,
+            "audio": source_stats(self.source),
+        }
+
+    def _reopen_source(self, old: DaemonConfig, new: DaemonConfig) -> None:
+        """Switch to the new audio settings; if the new source cannot start, go back to the old."""
+        self.source.stop()
+        try:
+            source = open_source(new, self.models.sample_rate, self.replay_speed)
+            source.start()
+        except EdgedError as exc:
+            log.error("reload: cannot open the new audio source (%s); keeping the previous one", exc)
+            self.config = dataclasses.replace(self.config, audio=old.audio)
+            self.source.start()
+            self._source_seconds = 0.0
+            return
+        self.source = source
+        self._source_seconds = 0.0
+        log.info("reload: audio source reopened")
+
+    def _new_diarizer(self, c: DaemonConfig) -> None:
+        self.diarizer = StreamingDiarizer(self.models, c.pipeline)
+        self._stream_seconds = 0.0
+
+    # --- SIGHUP ----------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read the config; rebuild only what changed. A bad config keeps the old one."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path, self.overrides)
+        except Exception as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.send("READY=1", "STATUS=reload failed; running with the previous config")
+            return
+        old, self.config = self.config, new
+        self._apply_logging()
+        if new.models != old.models or (new.pipeline.gamma, new.pipeline.beta) != (old.pipeline.gamma, old.pipeline.beta):
+            self._emit(self.diarizer.flush())
+            self.models = self._load_models(new)
+            self._new_diarizer(new)
+            log.info("reload: models reloaded, speaker state reset")
+        elif new.pipeline != old.pipeline:
+            if self.diarizer.update_params(new.pipeline):
+                log.info("reload: pipeline parameters applied, speakers kept")
+            else:
+                self._emit(self.diarizer.flush())
+                self._new_diarizer(new)
+                log.info("reload: stream geometry changed, speaker state reset")
+        if new.mqtt != old.mqtt or new.spool != old.spool or new.device != old.device:
+            self.publisher.stop()
+            self.spool.close()
+            self._open_spool_and_publisher(new)
+            log.info("reload: MQTT publisher restarted")
+        if new.audio != old.audio:
+            self._reopen_source(old, new)
+        if new.logging.events_file != old.logging.events_file:
+            self._open_events_file(new)
+        self.notifier.send("READY=1", "STATUS=running (config reloaded)")

@@ -1,0 +1,534 @@
+"""Durable on-disk spool of turn records: written and fsync'd before publish, removed only once
+the broker acknowledged them (PUBACK for QoS 1).
+
+Designed for an SD card: append-only files, few small writes, no rewrite in place.
+
+Folder layout (``spool.path``)::
+
+    seg-<first seq, 20 digits>.log   segment files: records appended in seq order
+    acks.log                         ack log: one entry per acknowledged seq, appended
+    seq                              next-seq floor (text), rewritten atomically
+    lock                             flock(2): one process per spool
+
+Record (little-endian)::
+
+    0   4  magic b"EDS1"
+    4   4  n, payload length (at most MAX_RECORD)
+    8   8  seq (uint64)
+    16  4  CRC-32 of bytes 4..16 and the payload
+    20  n  payload: the record as compact UTF-8 JSON (an object holding "seq")
+
+Ack entry (12 bytes): seq (uint64) + CRC-32 of those 8 bytes.
+
+Policy:
+- ``append`` assigns the next seq, writes the record and fdatasyncs it (``fsync: true``) before
+  it returns; only then may the record be published. Seqs strictly increase across restarts,
+  crashes and SIGKILL; gaps are possible (the seq of a dropped record, or of a torn record
+  whose header survived, is not reused).
+- ``ack`` appends an ack entry and fdatasyncs it. Acks may come in any order; an ack of an
+  unknown seq (dropped, already acked) is ignored. A crash before the ack is durable means
+  the record is sent again: delivery is at-least-once, consumers deduplicate by ``seq``.
+- Each process opening the spool appends to a new segment; a segment rolls over at
+  ``max_bytes / 8`` (at least 1 KiB). A segment whose records are all acknowledged is deleted
+  (the seq floor is written first, so seqs stay monotonic when every segment is gone), and
+  the ack log is rewritten (temp file, fsync, rename) without the entries of deleted
+  segments once it holds over 1024 entries and twice the live ones, and at every open.
+- Full: when the segment files exceed ``max_bytes``, the oldest segment (about 1/8 of the
+  bound) is deleted whole and its unacknowledged records are counted in ``dropped`` and
+  logged as a warning: the newest turns win and the card never fills. The segment being
+  appended to is never dropped. (acks.log and seq are small and not counted.)
+- Recovery at open: every record is checked (magic, length, CRC, increasing seq). A corrupt
+  record (torn write after a crash, flipped bits) is skipped with a warning and counted in
+  ``skipped_corrupt``; reading resumes at the next valid record, never fatal. A record that
+  no longer reads back later is skipped the same way. Corrupt ack entries are skipped too
+  (their record is sent again); a torn ack-log tail is cut off.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import struct
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgedError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"EDS1"
+HEADER = struct.Struct("<4sIQI")  # magic, payload length, seq, crc32
+ACK = struct.Struct("<QI")  # seq, crc32(seq)
+MAX_RECORD = 256 * 1024
+MIN_SEGMENT = 1024
+_SEGMENT_NAME = re.compile(r"^seg-(\d{20})\.log$")
+_FSYNC = getattr(os, "fdatasync", os.fsync)
+
+
+class SpoolError(EdgedError):
+    """The spool folder cannot be used (permissions, in use, disk error) or a record is unusable."""
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """Where turns wait for the broker's acknowledgement, and how much room they may take."""
+
+    # spool folder (created if missing; under systemd the unit's StateDirectory)
+    path: Path = Path("/var/lib/edged/spool")
+    # bound on the segment files in bytes; when full the oldest unacknowledged turns are dropped (counted, logged)
+    max_bytes: int = field(default=64 * 1024 * 1024, metadata={"range": (1024 * 1024, None)})
+    # fdatasync every record and ack before going on (off: faster, but a power cut may lose turns)
+    fsync: bool = True
+
+
+@dataclass
+class _Segment:
+    first: int  # seq in the file name
+    path: Path
+    size: int = 0
+    seqs: list[int] = field(default_factory=list)  # valid records, ascending
+    pending: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (offset, length), seq order
+    fd: int | None = None  # read descriptor, opened on demand
+
+
+def _crc(header_tail: bytes, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(header_tail)) & 0xFFFFFFFF
+
+
+def encode_record(seq: int, payload: bytes) -> bytes:
+    """One record: header + payload (see the module docstring)."""
+    tail = struct.pack("<IQ", len(payload), seq)
+    return HEADER.pack(MAGIC, len(payload), seq, _crc(tail, payload)) + payload
+
+
+def _encode_ack(seq: int) -> bytes:
+    raw = struct.pack("<Q", seq)
+    return ACK.pack(seq, zlib.crc32(raw) & 0xFFFFFFFF)
+
+
+def _valid_at(data: bytes, pos: int) -> tuple[int, int] | None:
+    """``(seq, record length)`` when a valid record starts at ``pos``."""
+    if len(data) - pos < HEADER.size or data[pos:pos + 4] != MAGIC:
+        return None
+    _, n, seq, crc = HEADER.unpack_from(data, pos)
+    end = pos + HEADER.size + n
+    if n > MAX_RECORD or end > len(data):
+        return None
+    if _crc(data[pos + 4:pos + 16], data[pos + HEADER.size:end]) != crc:
+        return None
+    return seq, HEADER.size + n
+
+
+def scan_records(data: bytes) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """Valid records ``(seq, offset, length)`` and corrupt regions ``(offset, length)``.
+
+    After a corrupt byte range, scanning resumes at the next offset where a valid record starts."""
+    records: list[tuple[int, int, int]] = []
+    corrupt: list[tuple[int, int]] = []
+    pos = 0
+    while pos < len(data):
+        found = _valid_at(data, pos)
+        if found is not None:
+            records.append((found[0], pos, found[1]))
+            pos += found[1]
+            continue
+        start = pos
+        pos = data.find(MAGIC, pos + 1)
+        while pos != -1 and _valid_at(data, pos) is None:
+            pos = data.find(MAGIC, pos + 1)
+        if pos == -1:
+            pos = len(data)
+        corrupt.append((start, pos - start))
+    return records, corrupt
+
+
+class Spool:
+    """Append-only, fsync'd, bounded store of records until the broker acknowledges them.
+
+    Thread-safe. ``depth``: unacknowledged records; ``dropped``: records dropped by the
+    full-spool policy since open; ``skipped_corrupt``: corrupt records/regions skipped at open
+    (and at read).
+    """
+
+    def __init__(self, config: SpoolConfig):
+        self.config = config
+        self.path = Path(config.path)
+        self.segment_bytes = max(config.max_bytes // 8, MIN_SEGMENT)
+        self.depth = 0
+        self.dropped = 0
+        self.skipped_corrupt = 0
+        self._lock = threading.Lock()
+        self._segments: dict[int, _Segment] = {}
+        self._firsts: list[int] = []  # sorted segment first seqs
+        self._active: _Segment | None = None
+        self._active_fd: int | None = None
+        self._ack_fd: int | None = None
+        self._ack_entries = 0
+        self._live_records = 0
+        self._next_seq = 1
+        self._lock_fd: int | None = None
+        self._closed = False
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            self._recover()
+        except OSError as exc:
+            self._release()
+            raise SpoolError(f"spool folder {self.path} is not usable ({exc.strerror or exc}); "
+                             "fix spool.path or its permissions") from None
+        except SpoolError:
+            self._release()
+            raise
+
+    # --- public API -----------------------------------------------------------------------
+    @property
+    def next_seq(self) -> int:
+        """The seq the next ``append`` will assign."""
+        return self._next_seq
+
+    @property
+    def disk_bytes(self) -> int:
+        """Total size of the segment files."""
+        return sum(s.size for s in self._segments.values())
+
+    def append(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Assign the next seq, write the record durably; returns ``{"seq": seq, **payload}``."""
+        with self._lock:
+            self._check_open()
+            seq = self._next_seq
+            record = {"seq": seq, **{k: v for k, v in payload.items() if k != "seq"}}
+            try:
+                data = json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise SpoolError(f"turn payload cannot be written as JSON ({exc}); pass only finite numbers, "
+                                 "strings, lists and dicts") from None
+            if len(data) > MAX_RECORD:
+                raise SpoolError(f"turn payload is {len(data)} bytes, over the {MAX_RECORD}-byte record limit; "
+                                 "send a smaller payload")
+            blob = encode_record(seq, data)
+            segment = self._writable_segment(seq)
+            try:
+                _write_all(self._active_fd, blob)
+                if self.config.fsync:
+                    _FSYNC(self._active_fd)
+            except OSError as exc:
+                # the file may now end in a partial record: never append after it
+                segment.size = os.fstat(self._active_fd).st_size if self._active_fd is not None else segment.size
+                self._close_active()
+                self._next_seq = seq + 1
+                raise SpoolError(f"cannot write to spool {segment.path} ({exc.strerror or exc}); "
+                                 "free space on the card or fix spool.path") from None
+            self._next_seq = seq + 1
+            segment.pending[seq] = (segment.size, len(blob))
+            segment.seqs.append(seq)
+            segment.size += len(blob)
+            self.depth += 1
+            self._live_records += 1
+            self._enforce_limit()
+            return record
+
+    def pending(self, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Unacknowledged records with seq > ``after``, in seq order (at most ``limit``)."""
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            self._check_open()
+            for first in list(self._firsts):
+                segment = self._segments.get(first)
+                if segment is None or not segment.pending or segment.seqs[-1] <= after:
+                    continue
+                start = bisect.bisect_right(segment.seqs, after)
+                for seq in segment.seqs[start:]:
+                    if limit is not None and len(out) >= limit:
+                        return out
+                    where = segment.pending.get(seq)
+                    if where is None:
+                        continue
+                    try:
+                        record = self._read(segment, seq, *where)
+                    except OSError as exc:
+                        raise SpoolError(f"cannot read spool {segment.path} ({exc.strerror or exc}); "
+                                         "check the card") from None
+                    if record is not None:
+                        out.append(record)
+        return out
+
+    def ack(self, seq: int) -> None:
+        """Mark ``seq`` acknowledged, durably; unknown seqs are ignored."""
+        with self._lock:
+            self._check_open()
+            segment = self._segment_of(seq)
+            if segment is None or seq not in segment.pending:
+                return
+            try:
+                _write_all(self._ack_fd, _encode_ack(seq))
+                if self.config.fsync:
+                    _FSYNC(self._ack_fd)
+            except OSError as exc:
+                raise SpoolError(f"cannot write to spool {self.path / 'acks.log'} ({exc.strerror or exc}); "
+                                 "free space on the card or fix spool.path") from None
+            self._ack_entries += 1
+            del segment.pending[seq]
+            self.depth -= 1
+            if not segment.pending and segment is not self._active:
+                self._delete_segments([segment])
+            self._maybe_compact_acks()
+
+    def close(self) -> None:
+        """Close files and release the folder lock (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for segment in self._segments.values():
+                _close_fd(segment.fd)
+                segment.fd = None
+            self._close_active()
+            _close_fd(self._ack_fd)
+            self._ack_fd = None
+            self._release()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- recovery -------------------------------------------------------------------------
+    def _take_lock(self) -> None:
+        self._lock_fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise SpoolError(f"spool folder {self.path} is in use by another edged process; "
+                                 "stop it or set a different spool.path") from None
+            raise
+
+    def _release(self) -> None:
+        _close_fd(self._lock_fd)
+        self._lock_fd = None
+
+    def _recover(self) -> None:
+        for tmp in self.path.glob("*.tmp"):
+            tmp.unlink()
+        floor = self._read_floor()
+        acked = self._read_acks()
+        highest = max([floor - 1, *acked]) if acked else floor - 1
+        last_seq = 0
+        names = sorted(p.name for p in self.path.iterdir() if _SEGMENT_NAME.match(p.name))
+        for name in names:
+            first = int(_SEGMENT_NAME.match(name).group(1))
+            path = self.path / name
+            data = path.read_bytes()
+            records, corrupt = scan_records(data)
+            segment = _Segment(first=first, path=path, size=len(data))
+            for offset, length in corrupt:
+                self._warn_corrupt(path, offset, length, "corrupt or torn record")
+                # a torn record whose header survived: its seq was assigned, never reuse it
+                if length >= HEADER.size and data[offset:offset + 4] == MAGIC:
+                    seq = HEADER.unpack_from(data, offset)[2]
+                    before = [s for s, o, _ in records if o < offset]
+                    if seq == (before[-1] if before else last_seq) + 1:
+                        highest = max(highest, seq)
+            for seq, offset, length in records:
+                if seq <= last_seq:
+                    self._warn_corrupt(path, offset, length, f"record seq {seq} out of order")
+                    continue
+                last_seq = seq
+                segment.seqs.append(seq)
+                if seq not in acked:
+                    segment.pending[seq] = (offset, length)
+            highest = max(highest, first, last_seq)
+            self._segments[first] = segment
+            self._firsts.append(first)
+            self.depth += len(segment.pending)
+            self._live_records += len(segment.seqs)
+        self._next_seq = highest + 1
+        done = [s for s in self._segments.values() if not s.pending]
+        if done:
+            self._delete_segments(done)
+        self._compact_acks()
+        if self.depth:
+            log.info("spool %s: %d unacknowledged record(s) to resend, next seq %d",
+                     self.path, self.depth, self._next_seq)
+        self._enforce_limit()
+
+    def _warn_corrupt(self, path: Path, offset: int, length: int, what: str) -> None:
+        self.skipped_corrupt += 1
+        log.warning("spool %s: skipped %s at byte %d (%d bytes)", path, what, offset, length)
+
+    def _read_floor(self) -> int:
+        try:
+            text = (self.path / "seq").read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 1
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("spool %s: seq floor unreadable (%s); using the records' seqs", self.path, exc)
+            return 1
+        if not text.isdigit():
+            log.warning("spool %s: seq floor file is corrupt (%r); using the records' seqs", self.path, text[:40])
+            return 1
+        return int(text)
+
+    def _read_acks(self) -> set[int]:
+        try:
+            data = (self.path / "acks.log").read_bytes()
+        except FileNotFoundError:
+            return set()
+        acked: set[int] = set()
+        whole = len(data) - len(data) % ACK.size
+        if whole != len(data):
+            log.warning("spool %s: cut a torn ack entry (%d bytes) off acks.log", self.path, len(data) - whole)
+        bad = 0
+        for pos in range(0, whole, ACK.size):
+            seq, crc = ACK.unpack_from(data, pos)
+            if zlib.crc32(data[pos:pos + 8]) & 0xFFFFFFFF == crc:
+                acked.add(seq)
+            else:
+                bad += 1
+        if bad:
+            self.skipped_corrupt += bad
+            log.warning("spool %s: skipped %d corrupt ack entr%s; those records will be sent again",
+                        self.path, bad, "y" if bad == 1 else "ies")
+        return acked
+
+    # --- writing --------------------------------------------------------------------------
+    def _writable_segment(self, seq: int) -> _Segment:
+        segment = self._active
+        if segment is not None and segment.size >= self.segment_bytes:
+            self._close_active()
+            if not segment.pending:
+                self._delete_segments([segment])
+            segment = None
+        if segment is None:
+            path = self.path / f"seg-{seq:020d}.log"
+            self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            size = os.fstat(self._active_fd).st_size
+            segment = _Segment(first=seq, path=path, size=size)
+            self._sync_dir()
+            self._segments[seq] = segment
+            bisect.insort(self._firsts, seq)
+            self._active = segment
+        return segment
+
+    def _close_active(self) -> None:
+        _close_fd(self._active_fd)
+        self._active_fd = None
+        self._active = None
+
+    def _enforce_limit(self) -> None:
+        while self.disk_bytes > self.config.max_bytes and len(self._firsts) > 1:
+            oldest = self._segments[self._firsts[0]]
+            if oldest is self._active:
+                break
+            if oldest.pending:
+                seqs = list(oldest.pending)
+                self.dropped += len(seqs)
+                log.warning("spool %s full (max_bytes=%d): dropped %d unacknowledged record(s), seq %d..%d",
+                            self.path, self.config.max_bytes, len(seqs), seqs[0], seqs[-1])
+            self._delete_segments([oldest])
+
+    def _delete_segments(self, segments: list[_Segment]) -> None:
+        # the floor first: seqs must stay monotonic even when no segment is left
+        self._write_floor()
+        for segment in segments:
+            _close_fd(segment.fd)
+            segment.fd = None
+            try:
+                segment.path.unlink()
+            except FileNotFoundError:
+                pass
+            self.depth -= len(segment.pending)
+            self._live_records -= len(segment.seqs)
+            del self._segments[segment.first]
+            self._firsts.remove(segment.first)
+        self._sync_dir()
+
+    def _write_floor(self) -> None:
+        self._atomic_write(self.path / "seq", f"{self._next_seq}\n".encode())
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self._sync_dir()
+
+    def _maybe_compact_acks(self) -> None:
+        live_acked = self._live_records - self.depth
+        if self._ack_entries > 1024 and self._ack_entries > 2 * live_acked:
+            self._compact_acks()
+
+    def _compact_acks(self) -> None:
+        """Rewrite acks.log with the acks of live segments only."""
+        entries = [seq for first in self._firsts for seq in self._segments[first].seqs
+                   if seq not in self._segments[first].pending]
+        _close_fd(self._ack_fd)
+        self._ack_fd = None
+        self._atomic_write(self.path / "acks.log", b"".join(_encode_ack(s) for s in entries))
+        self._ack_fd = os.open(self.path / "acks.log", os.O_WRONLY | os.O_APPEND)
+        self._ack_entries = len(entries)
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # --- reading --------------------------------------------------------------------------
+    def _segment_of(self, seq: int) -> _Segment | None:
+        i = bisect.bisect_right(self._firsts, seq) - 1
+        return self._segments[self._firsts[i]] if i >= 0 else None
+
+    def _read(self, segment: _Segment, seq: int, offset: int, length: int) -> dict[str, Any] | None:
+        if segment.fd is None:
+            segment.fd = os.open(segment.path, os.O_RDONLY)
+        blob = os.pread(segment.fd, length, offset)
+        found = _valid_at(blob, 0) if len(blob) == length else None
+        record = None
+        if found is not None and found[0] == seq:
+            try:
+                record = json.loads(blob[HEADER.size:])
+            except ValueError:
+                record = None
+        if not isinstance(record, dict):
+            # the card changed the bytes after they were written: skip, like at recovery
+            self._warn_corrupt(segment.path, offset, length, f"record seq {seq} that no longer reads back")
+            del segment.pending[seq]
+            self.depth -= 1
+            return None
+        return record
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SpoolError(f"spool {self.path} is closed; open a new Spool")
+
+
+def _write_all(fd: int | None, data: bytes) -> None:
+    if fd is None:
+        raise OSError(errno.EBADF, "spool file is not open")
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

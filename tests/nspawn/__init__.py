@@ -1,0 +1,1 @@
+"""systemd-nspawn test harness: see container.py."""

@@ -1,0 +1,293 @@
+"""The on-disk spool: durability, seq monotonicity across SIGKILL, acks, corruption, full policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from edged.errors import ConfigError, EdgedError
+from edged.settings import build
+from edged.spool import HEADER, MAGIC, Spool, SpoolConfig, SpoolError, scan_records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def turn(i: int) -> dict:
+    return {"type": "turn", "speaker": f"speaker_{i % 3}", "start": float(i), "end": i + 0.5,
+            "duration": 0.5, "confidence": 0.9, "stream_seq": i, "device_id": "dev"}
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+def open_spool(path: Path, **kw) -> Spool:
+    return Spool(SpoolConfig(path=path, **kw))
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob("seg-*.log"))
+
+
+def test_append_assigns_seq_and_survives_reopen(spool_dir):
+    with open_spool(spool_dir) as spool:
+        records = [spool.append(turn(i)) for i in range(5)]
+        assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+        assert records[0] == {"seq": 1, **turn(0)}
+        assert spool.depth == 5
+        spool.ack(3)
+        spool.ack(1)  # out of order
+        spool.ack(1)  # twice: ignored
+        spool.ack(99)  # unknown: ignored
+        assert [r["seq"] for r in spool.pending()] == [2, 4, 5]
+        assert [r["seq"] for r in spool.pending(after=2, limit=1)] == [4]
+    with open_spool(spool_dir) as spool:
+        assert [r["seq"] for r in spool.pending()] == [2, 4, 5]
+        assert spool.pending()[0] == {"seq": 2, **turn(1)}
+        assert spool.depth == 3 and spool.skipped_corrupt == 0
+        assert spool.append(turn(9))["seq"] == 6
+
+
+def test_record_format_on_disk(spool_dir):
+    """The documented layout: magic, length, seq, CRC, compact JSON holding the seq."""
+    with open_spool(spool_dir) as spool:
+        spool.append({"speaker": "speaker_0"})
+    (seg,) = segments(spool_dir)
+    assert seg.name == f"seg-{1:020d}.log"
+    data = seg.read_bytes()
+    magic, n, seq, _crc = HEADER.unpack_from(data, 0)
+    assert (magic, seq, len(data)) == (MAGIC, 1, HEADER.size + n)
+    assert json.loads(data[HEADER.size:]) == {"seq": 1, "speaker": "speaker_0"}
+
+
+def test_fully_acked_segments_are_deleted_and_seq_stays_monotonic(spool_dir):
+    with open_spool(spool_dir, max_bytes=64 * 1024) as spool:  # 8 KiB segments
+        for i in range(200):
+            spool.append(turn(i))
+        assert len(segments(spool_dir)) > 3
+        for r in spool.pending():
+            spool.ack(r["seq"])
+        assert spool.depth == 0
+        assert len(segments(spool_dir)) == 1  # only the segment still open for appends
+    with open_spool(spool_dir, max_bytes=64 * 1024) as spool:
+        assert segments(spool_dir) == []  # compacted at open: every segment acknowledged
+        assert (spool_dir / "acks.log").stat().st_size == 0
+        assert spool.append(turn(0))["seq"] == 201  # from the seq floor file
+
+
+def test_ack_log_is_compacted(spool_dir):
+    with open_spool(spool_dir, max_bytes=64 * 1024, fsync=False) as spool:  # 8 KiB segments
+        for i in range(3000):
+            spool.ack(spool.append({"i": i})["seq"])
+            # entries of deleted segments are dropped once the log holds over 1024 and 2x the live ones
+            assert (spool_dir / "acks.log").stat().st_size <= 1100 * 12
+        assert spool.depth == 0 and len(segments(spool_dir)) == 1
+    with open_spool(spool_dir) as spool:
+        assert spool.depth == 0 and segments(spool_dir) == []
+        assert (spool_dir / "acks.log").stat().st_size == 0
+        assert spool.append({"i": 0})["seq"] == 3001
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from edged.spool import Spool, SpoolConfig
+    spool = Spool(SpoolConfig(path=Path(sys.argv[1]), max_bytes=1024 * 1024))
+    i = 0
+    while True:
+        r = spool.append({"i": i, "speaker": "speaker_1"})
+        print("appended", r["seq"], flush=True)
+        if i % 3 == 0:
+            spool.ack(r["seq"])
+            print("acked", r["seq"], flush=True)
+        i += 1
+""")
+
+
+def test_seq_monotonic_across_sigkill(spool_dir):
+    """A writer is SIGKILLed mid-stream three times: every record whose append returned is
+    still there unless its ack returned; seqs keep increasing."""
+    seen_max = 0
+    figures = []
+    for round_ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(spool_dir)], stdout=subprocess.PIPE,
+                                text=True, cwd=REPO)
+        appended: list[int] = []
+        acked: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(appended) < 150 + 40 * round_:
+            line = proc.stdout.readline()
+            assert line, f"writer exited early with {proc.poll()}"
+            kind, seq = line.split()
+            (appended.append if kind == "appended" else acked.add)(int(seq))
+            assert time.monotonic() < deadline, "writer too slow"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        for line in proc.stdout.read().splitlines():  # lines written before the kill
+            kind, seq = line.split()
+            (appended.append if kind == "appended" else acked.add)(int(seq))
+        proc.stdout.close()
+        assert appended[0] > seen_max, "seq went backwards after a restart"
+        assert appended == sorted(set(appended))
+        with open_spool(spool_dir, max_bytes=1024 * 1024) as spool:
+            pending = [r["seq"] for r in spool.pending()]
+            assert pending == sorted(set(pending))
+            # the last record may have been acked just before the kill, before "acked" was printed
+            lost = set(appended) - acked - set(pending)
+            assert lost <= {appended[-1]}, "a durable record was lost"
+            assert all(appended.index(seq) % 3 == 0 for seq in lost), "a durable record was lost"
+            assert not (acked & set(pending)), "a durable ack was lost"
+            assert spool.next_seq > max(appended)
+            assert spool.skipped_corrupt == 0 and spool.dropped == 0
+            figures.append((len(appended), len(acked), len(pending)))
+        seen_max = max(appended)
+    print("sigkill rounds (appended, acked, pending after reopen):", figures)
+
+
+def test_torn_tail_is_skipped_with_a_warning(spool_dir, caplog):
+    with open_spool(spool_dir) as spool:
+        for i in range(5):
+            spool.append(turn(i))
+    (seg,) = segments(spool_dir)
+    size = seg.stat().st_size
+    with open(seg, "r+b") as f:
+        f.truncate(size - 7)  # the last record torn, as by a power cut mid-write
+    with caplog.at_level(logging.WARNING, logger="edged.spool"):
+        spool = open_spool(spool_dir)
+    with spool:
+        assert [r["seq"] for r in spool.pending()] == [1, 2, 3, 4]
+        assert spool.skipped_corrupt == 1
+        assert "corrupt or torn record" in caplog.text
+        assert spool.append(turn(5))["seq"] == 6  # the torn record's seq is not reused
+    with open_spool(spool_dir) as spool:  # the torn bytes stay skipped, the new record reads
+        assert [r["seq"] for r in spool.pending()] == [1, 2, 3, 4, 6]
+
+
+def test_flipped_byte_skips_one_record_and_keeps_the_rest(spool_dir, caplog):
+    with open_spool(spool_dir) as spool:
+        for i in range(5):
+            spool.append(turn(i))
+    (seg,) = segments(spool_dir)
+    data = bytearray(seg.read_bytes())
+    records, _ = scan_records(bytes(data))
+    _, offset, length = records[2]  # seq 3
+    data[offset + HEADER.size + 5] ^= 0x40
+    seg.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="edged.spool"):
+        spool = open_spool(spool_dir)
+    with spool:
+        assert [r["seq"] for r in spool.pending()] == [1, 2, 4, 5]
+        assert spool.skipped_corrupt == 1
+        assert f"at byte {offset}" in caplog.text
+
+
+def test_garbage_and_flipped_header_are_skipped(spool_dir):
+    with open_spool(spool_dir) as spool:
+        for i in range(4):
+            spool.append(turn(i))
+    (seg,) = segments(spool_dir)
+    data = bytearray(seg.read_bytes())
+    records, _ = scan_records(bytes(data))
+    data[records[1][1]] ^= 0xFF  # magic of seq 2 destroyed
+    seg.write_bytes(bytes(data) + b"\x00garbage" + MAGIC + b"\x05\x00")
+    with open_spool(spool_dir) as spool:
+        assert [r["seq"] for r in spool.pending()] == [1, 3, 4]
+        assert spool.skipped_corrupt == 2
+
+
+def test_corrupt_ack_entry_means_the_record_is_sent_again(spool_dir, caplog):
+    with open_spool(spool_dir) as spool:
+        for i in range(3):
+            spool.append(turn(i))
+        spool.ack(1)
+        spool.ack(2)
+    acks = spool_dir / "acks.log"
+    data = bytearray(acks.read_bytes())
+    assert len(data) == 24
+    data[12] ^= 0x01  # the entry of seq 2
+    acks.write_bytes(bytes(data) + b"\x07\x00")  # plus a torn entry
+    with caplog.at_level(logging.WARNING, logger="edged.spool"):
+        spool = open_spool(spool_dir)
+    with spool:
+        assert [r["seq"] for r in spool.pending()] == [2, 3]
+        assert spool.skipped_corrupt == 1
+        assert "sent again" in caplog.text and "torn ack entry" in caplog.text
+        spool.ack(2)
+    with open_spool(spool_dir) as spool:
+        assert [r["seq"] for r in spool.pending()] == [3]
+
+
+def test_full_spool_drops_the_oldest_unacknowledged_records(spool_dir, caplog):
+    max_bytes = 8 * 1024  # 1 KiB segments
+    with caplog.at_level(logging.WARNING, logger="edged.spool"):
+        spool = open_spool(spool_dir, max_bytes=max_bytes)
+        with spool:
+            for i in range(300):
+                spool.append(turn(i))
+                assert spool.disk_bytes <= max_bytes
+            seqs = [r["seq"] for r in spool.pending()]
+            assert spool.dropped > 0 and spool.dropped + spool.depth == 300
+            assert seqs == list(range(301 - len(seqs), 301))  # the newest kept, contiguous
+            assert sum(p.stat().st_size for p in segments(spool_dir)) <= max_bytes
+            dropped = spool.dropped
+    assert "full (max_bytes=8192): dropped" in caplog.text
+    print(f"spool full: 300 appended, {dropped} dropped, {len(seqs)} kept in {max_bytes} bytes")
+    with open_spool(spool_dir, max_bytes=max_bytes) as spool:
+        assert [r["seq"] for r in spool.pending()] == seqs
+        assert spool.dropped == 0
+        spool.ack(seqs[-1])  # an ack of a dropped seq is ignored, the rest still pending
+        spool.ack(1)
+        assert spool.depth == len(seqs) - 1
+
+
+def test_one_process_per_spool(spool_dir):
+    spool = open_spool(spool_dir)
+    with pytest.raises(SpoolError, match="in use by another edged process"):
+        open_spool(spool_dir)
+    spool.close()
+    open_spool(spool_dir).close()
+
+
+def test_unusable_folder_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SpoolError) as err:
+        open_spool(blocker / "spool")
+    assert "spool.path" in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, EdgedError)
+
+
+def test_bad_payload_and_closed_spool(spool_dir):
+    spool = open_spool(spool_dir, fsync=False)
+    with pytest.raises(SpoolError, match="JSON"):
+        spool.append({"start": float("nan")})
+    assert spool.append({"ok": 1})["seq"] == 1  # nothing consumed by the failed append
+    spool.close()
+    spool.close()
+    with pytest.raises(SpoolError, match="closed"):
+        spool.append({"ok": 2})
+
+
+def test_config_section():
+    assert build(SpoolConfig, None, "spool") == SpoolConfig()
+    assert SpoolConfig().max_bytes == 64 * 1024 * 1024 and SpoolConfig().fsync is True
+    config = build(SpoolConfig, {"path": "/tmp/x", "max_bytes": 2 * 1024 * 1024, "fsync": False}, "spool")
+    assert config == SpoolConfig(path=Path("/tmp/x"), max_bytes=2 * 1024 * 1024, fsync=False)
+    with pytest.raises(ConfigError, match=r"spool.max_bytes=1000 is out of range"):
+        build(SpoolConfig, {"max_bytes": 1000}, "spool")
+
+
+def test_record_struct_is_little_endian():
+    assert HEADER.size == 20 and HEADER.format == "<4sIQI"
+    assert struct.calcsize("<QI") == 12
