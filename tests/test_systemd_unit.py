@@ -386,6 +386,64 @@ def test_real_daemon_under_the_unit(device, data_dir):
         c.run("systemctl", "reset-failed", "edged.service", check=False)
 
 
+def test_sigkill_under_systemd_restarts_and_the_spool_drains(device, data_dir, tmp_path):
+    """Broker down, turns spooled, the daemon SIGKILLed: systemd restarts it and, once the broker
+    is back, every spooled turn arrives (a persistent subscriber session keeps what it missed)."""
+    import paho.mqtt.client as mqtt
+
+    c = device.c
+    broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    shutil.copy(data_dir / "sample" / "sample.wav", c.path("/var/lib/edged/sample.wav"))
+    c.run("chown", "root:edged", "/var/lib/edged/sample.wav")
+    c.path("/var/lib/edged/sample.wav").chmod(0o640)
+    events = c.path("/var/lib/edged/events.jsonl")
+    events.unlink(missing_ok=True)
+    c.path("/etc/edged/config.yaml").write_text(device.config(
+        audio={"source": "file", "file": "/var/lib/edged/sample.wav"},
+        mqtt={"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0},
+        logging={"events_file": "/var/lib/edged/events.jsonl"}))
+    c.run("systemctl", "daemon-reload")
+
+    seqs: list[int] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nspawn-spool", clean_session=False,
+                         protocol=mqtt.MQTTv311)
+    client.on_message = lambda cl, u, m: seqs.append(json.loads(m.payload)["seq"])
+    client.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe("edged/nspawn-test/turn", qos=1)
+    client.reconnect_delay_set(0.2, 1.0)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+
+    def spooled() -> list[int]:
+        if not events.exists():
+            return []
+        return [json.loads(x)["seq"] for x in events.read_text().splitlines() if '"type": "turn"' in x]
+
+    try:
+        c.run("systemctl", "start", "edged.service", timeout=300)
+        wait_for(lambda: seqs, 120, 0.2, "a first turn on MQTT")
+        broker.stop()  # saves the subscriber's session
+        seen = len(spooled())
+        wait_for(lambda: len(spooled()) >= seen + 2, 120, 0.2, "two turns made while the broker is down")
+        before = device.active()
+        c.run("systemctl", "kill", "--signal=SIGKILL", "edged.service")
+        wait_for(lambda: device.active()["NRestarts"] != before["NRestarts"]
+                 and device.active()["ActiveState"] == "active", 120, 0.5, "systemd to restart edged")
+        made = spooled()
+        broker.start()
+        wait_for(lambda: set(made) <= set(seqs), 120, 0.2, f"every spooled turn {made}")
+        first = [s for i, s in enumerate(seqs) if s not in seqs[:i]]
+        assert first == sorted(first), seqs
+        print(f"nspawn SIGKILL: {len(made)} turns made, {len(set(seqs) & set(made))} received, "
+              f"{len(seqs) - len(set(seqs))} duplicates; restarts {device.active()['NRestarts']}")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        c.run("systemctl", "stop", "edged.service", check=False, timeout=120)
+        c.run("systemctl", "reset-failed", "edged.service", check=False)
+        broker.stop()
+        c.path("/etc/edged/config.yaml").write_text(device.config())
+
+
 def test_install_again_keeps_the_config_then_uninstall(device):
     c = device.c
     c.path("/etc/edged/config.yaml").write_text(device.config() + "# edited on the device\n")
