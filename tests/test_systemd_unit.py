@@ -444,6 +444,88 @@ def test_sigkill_under_systemd_restarts_and_the_spool_drains(device, data_dir, t
         c.path("/etc/edged/config.yaml").write_text(device.config())
 
 
+def test_daemon_captures_from_a_file_backed_alsa_device(device, data_dir):
+    """The real capture path under the hardened unit: pyaudio -> PortAudio -> libasound reading an
+    ALSA ``type file`` PCM whose input is a FIFO this test fills in real time with a recording."""
+    import threading
+
+    import numpy as np
+    import paho.mqtt.client as mqtt
+    import soundfile as sf
+
+    c = device.c
+    fifo, conf = "/var/lib/edged/mic.fifo", "/var/lib/edged/asound.conf"
+    c.path(conf).write_text(f"""
+pcm.edgedmic {{
+    type file
+    slave.pcm {{ type null }}
+    file "/dev/null"
+    infile "{fifo}"
+    format "raw"
+}}
+pcm.default {{
+    type null
+}}
+""")
+    c.path(fifo).unlink(missing_ok=True)
+    os.mkfifo(c.path(fifo), 0o666)
+    os.chmod(c.path(fifo), 0o666)
+    c.path(conf).chmod(0o644)
+    dropin = c.path("/etc/systemd/system/edged.service.d/test-alsa.conf")
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(f"[Service]\nEnvironment=ALSA_CONFIG_PATH={conf}\n")
+    c.path("/etc/edged/config.yaml").write_text(device.config(
+        audio={"source": "alsa", "device": "edgedmic", "rate": 16000, "channels": 1, "block_ms": 100}))
+    c.run("systemctl", "daemon-reload")
+
+    audio, rate = sf.read(data_dir / "sample" / "sample.wav", dtype="int16")
+    assert rate == 16000 and audio.ndim == 1
+    fd = os.open(c.path(fifo), os.O_RDWR | os.O_NONBLOCK)
+    stop = threading.Event()
+
+    def play() -> None:  # 100 ms blocks, each written when its last sample is due, then silence
+        t0, i, frames = time.monotonic(), 0, 1600
+        while not stop.wait(max(0.0, t0 + (i + 1) * frames / rate - time.monotonic())):
+            block = audio[i * frames:(i + 1) * frames]
+            data = np.pad(block, (0, frames - len(block))).astype("<i2").tobytes()
+            while data and not stop.is_set():
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:
+                    time.sleep(0.01)
+            i += 1
+
+    turns: list[dict] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nspawn-alsa")
+    client.on_message = lambda cl, u, m: turns.append(json.loads(m.payload))
+    client.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe("edged/nspawn-test/turn", qos=1)
+    client.connect("127.0.0.1", device.broker.port)
+    client.loop_start()
+    player = threading.Thread(target=play, daemon=True)
+    player.start()
+    try:
+        start = c.run("systemctl", "start", "edged.service", check=False, timeout=300)
+        if start.returncode != 0:
+            device.fail(f"systemctl start edged failed: {start.stderr}")
+        wait_for(lambda: len(turns) >= 2, 120, 0.2, "two speaker turns from the ALSA device")
+        assert {t["speaker"] for t in turns} <= {"speaker_0", "speaker_1", "speaker_2"}
+        journal = c.journal("edged.service")
+        assert "edgedmic" in journal and "Traceback" not in journal, journal
+        c.run("systemctl", "stop", "edged.service", timeout=120)
+        assert device.active()["Result"] == "success"
+    finally:
+        stop.set()
+        player.join(5)
+        os.close(fd)
+        client.loop_stop()
+        client.disconnect()
+        c.run("systemctl", "stop", "edged.service", check=False, timeout=120)
+        dropin.unlink(missing_ok=True)
+        c.run("systemctl", "daemon-reload", check=False)
+        c.run("systemctl", "reset-failed", "edged.service", check=False)
+        c.path("/etc/edged/config.yaml").write_text(device.config())
+
+
 def test_install_again_keeps_the_config_then_uninstall(device):
     c = device.c
     c.path("/etc/edged/config.yaml").write_text(device.config() + "# edited on the device\n")
