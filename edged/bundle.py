@@ -3,12 +3,17 @@
 A bundle is a folder with ``manifest.json`` and the ONNX files it lists. The loader checks the
 manifest version, the fields the edge needs, and every file's size and sha256 before a model is
 opened, so a corrupt, truncated or mismatched bundle is refused with a message naming the file.
+
+An optional ``clustering.uisrnn`` section (written by ``edged-export uisrnn``) adds the UIS-RNN
+clustering model; it is verified the same way whenever present (it is small), and a bundle
+without it stays valid.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +31,9 @@ VARIANTS = ("fp32", "int8")
 _REQUIRED_SEGMENTATION = ("sample_rate", "num_speakers", "frame_start", "frame_step", "frame_duration")
 _REQUIRED_EMBEDDING = ("dim", "fbank")
 _REQUIRED_FILE = ("path", "bytes", "sha256", "inputs", "outputs")
+# optional section clustering.uisrnn (edged-export uisrnn): the file fields plus these
+_REQUIRED_UISRNN = ("observation_dim", "hidden_size", "depth", "sigma2", "transition_bias", "crp_alpha", "init_hidden")
+_UISRNN_FIX = "re-run edged-export uisrnn --out BUNDLE, or remove the clustering.uisrnn section"
 
 
 def sha256_file(path: Path, block_size: int = 1 << 20) -> str:
@@ -69,6 +77,26 @@ class EmbeddingInfo:
 
 
 @dataclass(frozen=True)
+class UISRNNInfo:
+    """The optional UIS-RNN clustering model: one GRU step as ONNX, and the decoder's constants."""
+
+    file: ModelFile
+    observation_dim: int
+    hidden_size: int
+    depth: int
+    # per-dimension observation variance (length observation_dim)
+    sigma2: tuple[float, ...]
+    # probability that the next observation belongs to another speaker
+    transition_bias: float
+    # Chinese restaurant process concentration (new-speaker prior)
+    crp_alpha: float
+    # GRU initial hidden state of a new speaker, (depth, hidden_size)
+    init_hidden: tuple[tuple[float, ...], ...]
+    # observation = embedding * input_scale (optional in the manifest, default 1)
+    input_scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A verified model bundle."""
 
@@ -77,6 +105,8 @@ class Bundle:
     segmentation: SegmentationInfo
     embedding: EmbeddingInfo
     files: Mapping[tuple[str, str], ModelFile]
+    # clustering.uisrnn, when the bundle has one (edged-export uisrnn)
+    uisrnn: UISRNNInfo | None = None
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -131,6 +161,60 @@ def _verify_file(root: Path, role: str, variant: str, entry: Mapping[str, Any], 
     )
 
 
+def _number(value: Any, name: str, manifest: Path, low: float, high: float, open_low: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        side = "(" if open_low else "["
+        raise BundleError(f"{manifest}: clustering.uisrnn.{name}={value!r} is not in {side}{low}, {high}]; {_UISRNN_FIX}")
+    return float(value)
+
+
+def _verify_uisrnn(root: Path, section: Any, embedding_dim: int, manifest: Path) -> UISRNNInfo:
+    """Check the optional clustering.uisrnn section: fields, shapes, ranges and the ONNX file."""
+    if not isinstance(section, Mapping):
+        raise BundleError(f"{manifest}: clustering.uisrnn must be a mapping; {_UISRNN_FIX}")
+    missing = [k for k in _REQUIRED_FILE + _REQUIRED_UISRNN if k not in section]
+    if missing:
+        raise BundleError(f"{manifest}: clustering.uisrnn lacks {', '.join(missing)}; {_UISRNN_FIX}")
+    dim = int(_number(section["observation_dim"], "observation_dim", manifest, 1, 1 << 16))
+    hidden = int(_number(section["hidden_size"], "hidden_size", manifest, 1, 1 << 16))
+    depth = int(_number(section["depth"], "depth", manifest, 1, 16))
+    if dim != embedding_dim:
+        raise BundleError(
+            f"{manifest}: clustering.uisrnn.observation_dim={dim} differs from the embedding dim {embedding_dim} "
+            f"(trained on another embedding model); {_UISRNN_FIX}"
+        )
+    sigma2 = section["sigma2"]
+    if not isinstance(sigma2, list) or len(sigma2) != dim:
+        raise BundleError(f"{manifest}: clustering.uisrnn.sigma2 must be a list of {dim} numbers; {_UISRNN_FIX}")
+    sigma2 = tuple(_number(v, "sigma2[]", manifest, 0.0, math.inf, open_low=True) for v in sigma2)
+    init = section["init_hidden"]
+    if not (isinstance(init, list) and len(init) == depth and all(isinstance(r, list) and len(r) == hidden for r in init)):
+        raise BundleError(
+            f"{manifest}: clustering.uisrnn.init_hidden must be {depth} lists of {hidden} numbers; {_UISRNN_FIX}"
+        )
+    init_hidden = tuple(tuple(_number(v, "init_hidden[]", manifest, -math.inf, math.inf) for v in r) for r in init)
+    bias = _number(section["transition_bias"], "transition_bias", manifest, 0.0, 1.0, open_low=True)
+    if bias >= 1.0:
+        raise BundleError(f"{manifest}: clustering.uisrnn.transition_bias={bias!r} must be below 1; {_UISRNN_FIX}")
+    try:
+        file = _verify_file(root, "clustering", "uisrnn", section, manifest)
+    except BundleError as exc:  # name the command that writes this file
+        raise BundleError(f"{exc} (clustering.uisrnn: {_UISRNN_FIX})") from None
+    return UISRNNInfo(
+        file=file,
+        observation_dim=dim,
+        hidden_size=hidden,
+        depth=depth,
+        sigma2=sigma2,
+        transition_bias=bias,
+        crp_alpha=_number(section["crp_alpha"], "crp_alpha", manifest, 0.0, math.inf, open_low=True),
+        init_hidden=init_hidden,
+        input_scale=_number(section.get("input_scale", 1.0), "input_scale", manifest, 0.0, math.inf, open_low=True),
+    )
+
+
 def read_manifest(root: Path | str) -> dict[str, Any]:
     """Parse ``manifest.json`` and check its format and version (no file checks)."""
     root = Path(root)
@@ -177,6 +261,13 @@ def load_bundle(root: Path | str, variants: tuple[str, ...] | None = None) -> Bu
                 raise BundleError(f"{mpath}: unknown variant {variant!r} for {role} (known: {', '.join(VARIANTS)})")
             if variants is None or variant in variants:
                 files[(role, variant)] = _verify_file(root, role, variant, entry, mpath)
+    uisrnn = None
+    clustering = manifest.get("clustering")
+    if clustering is not None:
+        if not isinstance(clustering, Mapping):
+            raise BundleError(f"{mpath}: clustering must be a mapping; {_UISRNN_FIX}")
+        if "uisrnn" in clustering:
+            uisrnn = _verify_uisrnn(root, clustering["uisrnn"], int(emb["dim"]), mpath)
     return Bundle(
         root=root,
         manifest=manifest,
@@ -189,4 +280,5 @@ def load_bundle(root: Path | str, variants: tuple[str, ...] | None = None) -> Bu
         ),
         embedding=EmbeddingInfo(dim=int(emb["dim"]), fbank=dict(emb["fbank"])),
         files=files,
+        uisrnn=uisrnn,
     )

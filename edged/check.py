@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import DaemonConfig, load_config
-from .errors import EdgedError
+from .errors import ConfigError, EdgedError
 
 
 def check_models(c: DaemonConfig) -> str:
     from .models import load_models
 
     models = load_models(c.models.path, c.models.variant, threads=c.models.threads, providers=c.models.providers)
+    if c.pipeline.clustering == "uisrnn" and models.bundle.uisrnn is None:
+        raise ConfigError(f"pipeline.clustering=uisrnn but {c.models.path} has no UIS-RNN model; "
+                          f"add one with edged-export uisrnn --out {c.models.path}, or set pipeline.clustering: incremental")
     sizes = ", ".join(f"{role} {models.bundle.model(role, c.models.variant).path.stat().st_size / 1e6:.1f} MB"
                       for role in ("segmentation", "embedding"))
     return f"{c.models.path} ({c.models.variant}: {sizes}; checksums verified, sessions open)"

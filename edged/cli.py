@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--variant", choices=("fp32", "int8"), default="int8", help="model precision (default int8)")
     d.add_argument("--preset", choices=sorted(PRESETS), default="ami", help="hyper-parameter preset (default ami)")
     d.add_argument("--latency", type=float, default=None, help="output latency in seconds, step..duration (default: 5)")
+    d.add_argument("--clustering", choices=("incremental", "uisrnn"), default="incremental",
+                   help="speaker clustering back-end (uisrnn needs a bundle with a UIS-RNN model; default incremental)")
+    d.add_argument("--uisrnn-lag", type=int, default=0, help="UIS-RNN fixed lag in steps (default 0)")
     d.add_argument("--threads", type=_positive_threads, default=1, help="onnxruntime intra-op threads (default 1, as on a Pi)")
     d.add_argument("--provider", action="append", default=None, metavar="NAME",
                    help="onnxruntime execution provider, repeatable, in order (default CPUExecutionProvider)")
@@ -129,7 +132,10 @@ def diarize_one(name: str, diarizer: StreamingDiarizer, args: argparse.Namespace
 
 
 def cmd_diarize(args: argparse.Namespace) -> int:
-    params = PipelineParams.preset(args.preset) if args.latency is None else PipelineParams.preset(args.preset, latency=args.latency)
+    overrides = {"clustering": args.clustering, "uisrnn_lag": args.uisrnn_lag}
+    if args.latency is not None:
+        overrides["latency"] = args.latency
+    params = PipelineParams.preset(args.preset, **overrides)
     providers = tuple(args.provider) if args.provider else ("CPUExecutionProvider",)
     models = load_models(args.models, args.variant, threads=args.threads, providers=providers)
     failed = 0

@@ -256,20 +256,31 @@ class Daemon:
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.send("READY=1", "STATUS=reload failed; running with the previous config")
             return
-        old, self.config = self.config, new
-        self._apply_logging()
-        if new.models != old.models or (new.pipeline.gamma, new.pipeline.beta) != (old.pipeline.gamma, old.pipeline.beta):
-            self._emit(self.diarizer.flush())
-            self.models = self._load_models(new)
-            self._new_diarizer(new)
-            log.info("reload: models reloaded, speaker state reset")
-        elif new.pipeline != old.pipeline:
-            if self.diarizer.update_params(new.pipeline):
-                log.info("reload: pipeline parameters applied, speakers kept")
+        old = self.config
+        try:  # build what the new config needs before dropping the running pipeline
+            models = self.models
+            if new.models != old.models or (new.pipeline.gamma, new.pipeline.beta) != (old.pipeline.gamma, old.pipeline.beta):
+                models = self._load_models(new)
+                diarizer = StreamingDiarizer(models, new.pipeline)
+                what = "models reloaded, speaker state reset"
+            elif new.pipeline != old.pipeline and not self.diarizer.can_update(new.pipeline):
+                diarizer = StreamingDiarizer(models, new.pipeline)
+                what = "stream geometry or clustering changed, speaker state reset"
             else:
-                self._emit(self.diarizer.flush())
-                self._new_diarizer(new)
-                log.info("reload: stream geometry changed, speaker state reset")
+                diarizer, what = None, "pipeline parameters applied, speakers kept"
+        except EdgedError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.send("READY=1", "STATUS=reload failed; running with the previous config")
+            return
+        self.config = new
+        self._apply_logging()
+        if diarizer is not None:
+            self._emit(self.diarizer.flush())
+            self.models, self.diarizer, self._stream_seconds = models, diarizer, 0.0
+            log.info("reload: %s", what)
+        elif new.pipeline != old.pipeline:
+            self.diarizer.update_params(new.pipeline)
+            log.info("reload: %s", what)
         if new.mqtt != old.mqtt or new.spool != old.spool or new.device != old.device:
             self.publisher.stop()
             self.spool.close()

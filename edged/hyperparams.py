@@ -6,7 +6,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from edged.errors import ConfigError
 
@@ -21,12 +21,19 @@ def _p(default: float, lo: Bound, hi: Bound, tunable: bool, doc: str) -> Any:
     return field(default=default, metadata={"bounds": (lo, hi), "tunable": tunable, "doc": doc})
 
 
+def _choice(default: str, choices: tuple[str, ...], doc: str) -> Any:
+    return field(default=default, metadata={"choices": choices, "tunable": False, "doc": doc})
+
+
+CLUSTERING_BACKENDS = ("incremental", "uisrnn")
+
+
 @dataclass(frozen=True)
 class PipelineParams:
     """Streaming diarization settings; defaults are diart's AMI preset.
 
-    Each field's metadata holds ``bounds`` (inclusive; a string names another field) and whether
-    an optimizer may tune it.  Diart binarizes at ``tau_active``, so the presets set
+    Each numeric field's metadata holds ``bounds`` (inclusive; a string names another field) and
+    whether an optimizer may tune it; a text field holds its ``choices`` instead.  Diart binarizes at ``tau_active``, so the presets set
     ``onset = offset = tau_active``.
     """
 
@@ -43,6 +50,11 @@ class PipelineParams:
     offset: float = _p(0.507, 0.0, 1.0, True, "binarization offset threshold")
     min_duration_on: float = _p(0.0, 0.0, 2.0, True, "shortest turn kept, s")
     min_duration_off: float = _p(0.0, 0.0, 2.0, True, "longest gap filled, s")
+    clustering: Literal["incremental", "uisrnn"] = _choice(
+        "incremental", CLUSTERING_BACKENDS, "speaker clustering back-end; uisrnn needs a bundle with a UIS-RNN model"
+    )
+    uisrnn_lag: int = _p(0, 0, 100, False, "UIS-RNN fixed lag, steps: turns are delayed by latency + lag * step")
+    uisrnn_beam: int = _p(10, 1, 64, False, "UIS-RNN beam size (hypotheses kept per observation)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -51,6 +63,12 @@ class PipelineParams:
         """Raise ParamsError (a ValueError) naming the first bad field, its value and allowed range."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if "choices" in f.metadata:
+                if not isinstance(value, str) or value not in f.metadata["choices"]:
+                    raise ParamsError(
+                        f"{f.name}={value!r} is not allowed; choose one of {', '.join(f.metadata['choices'])}"
+                    )
+                continue
             want_int = f.type in (int, "int")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 want_int and not isinstance(value, int)

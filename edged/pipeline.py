@@ -5,6 +5,10 @@ overlap-aware embeddings of all local speakers in one call -> incremental cluste
 speakers -> delayed aggregation of the overlapping windows at ``params.latency`` ->
 binarization -> turn and activity events. All state is bounded.
 
+``params.clustering: uisrnn`` replaces the incremental clustering by the UIS-RNN decoder
+(edged/uisrnn.py): a chunk's assignment is final ``uisrnn_lag`` steps later, so the chunk waits
+that long before aggregation and turns come ``latency + uisrnn_lag * step`` seconds late.
+
 Embedding weights and clustering see the local activations binarised at 0.5 (as diart, whose
 segmentation is hard); aggregation averages the probabilities. Measured on the shared data
 (int8, 5 s latency, DER ami/sample/falcon): binary everywhere 33.6/8.8/18.6, this 33.3/8.9/18.6,
@@ -77,21 +81,30 @@ class StreamingDiarizer:
         self.wall_origin = wall_origin
         self.stats = StepStats()
         self.buffer = RollingBuffer(self.sample_rate, p.duration, p.step)
-        self.clustering = IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
+        if p.clustering == "uisrnn":  # assignments come uisrnn_lag steps late: see edged/uisrnn.py
+            from .uisrnn import UISRNNClustering
+
+            self.clustering = UISRNNClustering.from_bundle(
+                models.bundle, p.tau_active, p.max_speakers, p.uisrnn_lag, p.uisrnn_beam)
+        else:
+            self.clustering = IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
         self.aggregator = DelayedAggregator(p.step, p.latency, p.duration, "hamming", start=0.0)
         self.binarizer = Binarizer(p.onset, p.offset, p.min_duration_on, p.min_duration_off)
         self._turn_seq = 0
         self._activity_seq = 0
         self._stream_end = 0.0  # end of the real audio seen so far (stream seconds)
 
-    def update_params(self, params: PipelineParams) -> bool:
-        """Apply new hyper-parameters in place, keeping the speakers and open turns, when the
-        stream geometry (duration, step, latency, max_speakers) is unchanged; False otherwise
-        (the caller then builds a new diarizer)."""
+    def can_update(self, params: PipelineParams) -> bool:
+        """True when ``update_params`` can apply ``params`` in place: same stream geometry
+        (duration, step, latency, max_speakers) and the same clustering back-end settings."""
         p = self.params
-        if (params.duration, params.step, params.latency, params.max_speakers) != (
-            p.duration, p.step, p.latency, p.max_speakers
-        ):
+        keys = ("duration", "step", "latency", "max_speakers", "clustering", "uisrnn_lag", "uisrnn_beam")
+        return all(getattr(params, k) == getattr(p, k) for k in keys)
+
+    def update_params(self, params: PipelineParams) -> bool:
+        """Apply new hyper-parameters in place, keeping the speakers and open turns, when
+        ``can_update``; False otherwise (the caller then builds a new diarizer)."""
+        if not self.can_update(params):
             return False
         self.params = params
         c, b = self.clustering, self.binarizer
@@ -126,6 +139,9 @@ class StreamingDiarizer:
         events: list[Event] = []
         for chunk in self.buffer.flush():
             events.extend(self._process(chunk))
+        if getattr(self.clustering, "delayed", False):  # chunks still waiting for their labels
+            for assignment, (probs, chunk) in self.clustering.drain():
+                events.extend(self._aggregate(assignment.apply(probs), chunk))
         tail = self.aggregator.flush(end=self._stream_end)
         if tail is not None and len(tail[0]):
             events.extend(self._binarize(*tail))
@@ -146,17 +162,25 @@ class StreamingDiarizer:
         else:  # nobody speaks: clustering would ignore every embedding, so skip the model
             emb = np.full((local.shape[1], self.models.bundle.embedding.dim), np.nan, np.float32)
         t2 = time.perf_counter()
-        scores = self.clustering.identify(local, emb).apply(probs)
+        if getattr(self.clustering, "delayed", False):
+            ready = [(a.apply(p), c) for a, (p, c) in self.clustering.push(local, emb, (probs, chunk))]
+        else:
+            ready = [(self.clustering.identify(local, emb).apply(probs), chunk)]
         t3 = time.perf_counter()
-        padded = chunk.num_real < self.window_samples
         self._stream_end = chunk.real_end
-        region, grid = self.aggregator.push(scores, self.models.segmentation.grid.at(chunk.start),
-                                            end=chunk.real_end if padded else None)
-        events = self._binarize(region, grid)
+        events = []
+        for scores, ready_chunk in ready:
+            events.extend(self._aggregate(scores, ready_chunk))
         t4 = time.perf_counter()
         self.stats.add({"segmentation": 1e3 * (t1 - t0), "embedding": 1e3 * (t2 - t1),
                         "clustering": 1e3 * (t3 - t2), "aggregation": 1e3 * (t4 - t3)})
         return events
+
+    def _aggregate(self, scores: np.ndarray, chunk: Chunk) -> list[Event]:
+        padded = chunk.num_real < self.window_samples
+        region, grid = self.aggregator.push(scores, self.models.segmentation.grid.at(chunk.start),
+                                            end=chunk.real_end if padded else None)
+        return self._binarize(region, grid)
 
     def _binarize(self, region: np.ndarray, grid) -> list[Event]:
         if not len(region):

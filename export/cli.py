@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edged-export",
         description="Export pyannote segmentation-3.0 and CAM++ to ONNX (and int8), check parity "
         "against PyTorch, and write a model bundle with a manifest.",
+        epilog="subcommand: edged-export uisrnn --out BUNDLE --train ... trains the UIS-RNN clustering model "
+        "and adds it to the bundle (edged-export uisrnn --help)",
     )
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write (created; an older bundle there is replaced)")
     p.add_argument("--quantize", action="store_true", help="also write int8 models (dynamic for segmentation, static QDQ for CAM++)")
@@ -67,6 +69,11 @@ def summary(manifest: dict[str, Any], out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["uisrnn"]:  # subcommand: train UIS-RNN and add it to an existing bundle
+        from .uisrnn import main as uisrnn_main
+
+        return uisrnn_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="edged-export: %(message)s")
     if args.opset < 17:

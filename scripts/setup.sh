@@ -54,6 +54,13 @@ trap 'rm -f "$constraints"' EXIT
 echo "$TORCH_PIN" >"$constraints"
 say "installing edged[$EXTRAS]"
 "$PY" -m pip install -q --disable-pip-version-check -c "$constraints" -e ".[$EXTRAS]"
+case ",$EXTRAS," in
+*,export,*)
+    # UIS-RNN reference for `edged-export uisrnn`; its metadata also requires codecov/coverage and a
+    # bare torch, so it goes in without dependencies (torch is pinned above)
+    "$PY" -m pip install -q --disable-pip-version-check --no-deps uisrnn==0.1.2 colortimelog==0.0.9
+    ;;
+esac
 
 if "$PY" -m pip list 2>/dev/null | grep -qiE '^nvidia-|^torch .*\+cu'; then
     say "error: a CUDA torch or nvidia-* package got installed; remove $VENV and report which requirement pulled it"
