@@ -127,7 +127,6 @@ def extract(models: Models, audio: np.ndarray, segments: Segments, params: Pipel
             labels.append(label)
             purity.append(share)
             steps.append(step)
-    models.embedding.features.reset()
     return LabelledSequence(name, np.asarray(embs, np.float32).reshape(-1, dim), labels,
                             np.asarray(purity, np.float64), np.asarray(steps, np.int64), source)
 
