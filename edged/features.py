@@ -20,7 +20,7 @@ import numpy as np
 
 from .frames import FrameGrid
 
-__all__ = ["FbankConfig", "Fbank"]
+__all__ = ["FbankConfig", "Fbank", "RollingFbank"]
 
 # std::numeric_limits<float>::epsilon(), the floor Kaldi and torchaudio put under the log.
 _EPSILON = float(np.finfo(np.float32).eps)
@@ -202,6 +202,14 @@ class Fbank:
         return ws
 
     def _compute(self, wav: np.ndarray) -> np.ndarray:
+        out = self._log_mel(wav)
+        if self.config.mean_normalize:
+            out -= out.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        return out
+
+    def _log_mel(self, wav: np.ndarray) -> np.ndarray:
+        """Log-mel frames (batch, frames, bins) of checked float32 waveforms, before mean removal.
+        Each frame depends on its own ``frame_length`` samples only."""
         cfg = self.config
         size, shift, half = self.frame_length, self.frame_shift, self.fft_size // 2
         a = cfg.preemphasis
@@ -245,9 +253,84 @@ class Fbank:
                 np.matmul(power, self.mel_matrix, out=out[b, start:stop])
         np.maximum(out, np.float32(_EPSILON), out=out)
         np.log(out, out=out)
-        if cfg.mean_normalize:
-            out -= out.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
         return out
+
+
+class RollingFbank:
+    """``Fbank`` for successive overlapping windows of one stream, reusing shared frames.
+
+    A frame depends only on its own samples (DC removal, pre-emphasis and window are per frame;
+    only the mean removal spans the window). When a window repeats the previous one's samples
+    shifted by a whole number of frame shifts (the pipeline's 5 s windows every 0.5 s: 50
+    frames), the shared frames are copied instead of recomputed (~90% of them). The overlap is
+    checked on the samples, never assumed, so every call returns ``fbank(waveform)`` (equal up
+    to float32 rounding) whatever it is fed. Holds one window of samples and its frames;
+    thread-safe (concurrent callers just reuse less).
+    """
+
+    # shift candidates (frames) tried when the last shift does not fit; a miss costs about one
+    # comparison of the window's first frame against every frame of the previous window
+    MAX_CANDIDATES = 4
+
+    def __init__(self, fbank: Fbank | None = None) -> None:
+        self.fbank = fbank if fbank is not None else Fbank()
+        self.config = self.fbank.config
+        self._last: tuple[np.ndarray, np.ndarray, int] | None = None  # samples, log-mel, shift
+        self.reused_frames = 0
+        self.computed_frames = 0
+
+    def num_frames(self, num_samples: int) -> int:
+        return self.fbank.num_frames(num_samples)
+
+    def reset(self) -> None:
+        """Forget the previous window (at the end of a stream; optional, nothing goes wrong without)."""
+        self._last = None
+
+    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+        """Same as ``Fbank.__call__``: (frames, bins) float32, mean over time removed if configured."""
+        fb = self.fbank
+        wav = fb._check(waveform, ndim=1, what="waveform", shape_hint="(samples,)")
+        frames = fb.num_frames(wav.shape[0])
+        raw = np.empty((frames, self.config.num_mel_bins), dtype=np.float32)
+        last = self._last
+        reused, shift = 0, 0
+        if last is not None:
+            found = self._overlap(last, wav, frames)
+            if found is not None:
+                shift, reused = found
+                raw[:reused] = last[1][shift : shift + reused]
+        if reused < frames:
+            raw[reused:] = fb._log_mel(wav[None, reused * fb.frame_shift :])[0]
+        self.reused_frames += reused
+        self.computed_frames += frames - reused
+        self._last = (wav.copy(), raw, shift)
+        if not self.config.mean_normalize:
+            return raw.copy()
+        return raw - raw.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+    def _overlap(self, last: tuple[np.ndarray, np.ndarray, int], wav: np.ndarray, frames: int) -> tuple[int, int] | None:
+        """(shift, frames to reuse): new frame i equals old frame i + shift for i < reuse."""
+        prev, prev_raw, prev_shift = last
+        size, step = self.fbank.frame_length, self.fbank.frame_shift
+
+        def fits(k: int) -> int:
+            count = min(len(prev_raw) - k, frames)
+            if count < 1:
+                return 0
+            span = (count - 1) * step + size
+            return count if np.array_equal(wav[:span], prev[k * step : k * step + span]) else 0
+
+        count = fits(prev_shift)
+        if count:
+            return prev_shift, count
+        heads = np.lib.stride_tricks.sliding_window_view(prev, size)[::step][: len(prev_raw)]
+        candidates = np.flatnonzero((heads == wav[:size]).all(axis=1))
+        for k in candidates[: self.MAX_CANDIDATES]:
+            if k != prev_shift:
+                count = fits(int(k))
+                if count:
+                    return int(k), count
+        return None
 
 
 class _Workspace:

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .features import Fbank, FbankConfig
+from .features import Fbank, FbankConfig, RollingFbank
 from .frames import FrameGrid
 from .runtime import DEFAULT_PROVIDERS, create_session
 from .weights import embedding_weights
@@ -31,13 +31,16 @@ class EmbeddingModel:
     """Chunk waveform + activations -> one L2-normalised embedding per local speaker.
 
     fbank once per chunk, overlap-aware weights (diart's gamma/beta penalty) resampled from
-    segmentation frames onto fbank frames, one model call for all local speakers.
+    segmentation frames onto fbank frames, one model call for all local speakers. Consecutive
+    overlapping chunks of a stream share their fbank frames (``RollingFbank``: only the frames
+    of new audio are computed; the result is the same as a fresh ``fbank(samples)``).
     """
 
     def __init__(self, path: Path, fbank: Fbank, seg_grid: FrameGrid, gamma: float = 3.0, beta: float = 10.0,
                  **session_options):
         self.session = create_session(path, **session_options)
         self.fbank = fbank
+        self.features = RollingFbank(fbank)
         self.fbank_grid = fbank.config.frame_grid()
         self.seg_grid = seg_grid
         self.gamma = gamma
@@ -54,7 +57,7 @@ class EmbeddingModel:
 
     def __call__(self, samples: np.ndarray, segmentation: np.ndarray, gamma: float | None = None,
                  beta: float | None = None) -> np.ndarray:
-        feats = self.fbank(samples)
+        feats = self.features(samples)
         weights = self.weights(segmentation, feats.shape[0], gamma, beta)
         emb = self.session.run(None, {"fbank": feats[None], "weights": weights[None].astype(np.float32)})[0][0]
         norm = np.linalg.norm(emb, axis=-1, keepdims=True)

@@ -211,7 +211,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         paths = {key: staging / name for key, name in FILES.items()}
         log.info("exporting ONNX (opset %d)", opts.opset)
         seg.export_segmentation(seg_model, paths[("segmentation", "fp32")], opts.opset, sr)
-        emb.export_embedding(weighted, paths[("embedding", "fp32")], opts.opset, num_frames=fbank.num_frames(chunk))
+        emb.export_embedding(emb.ExportCAMPPlus(campplus).eval(), paths[("embedding", "fp32")], opts.opset, num_frames=fbank.num_frames(chunk))
 
         # Reference outputs from PyTorch on the parity audio.
         activations_ref, active_ref = parity.torch_batched(seg.SpeakerActivations(seg_model).eval(), parity_chunks[:, None, :])

@@ -3,6 +3,10 @@
 - Segmentation (SincNet + LSTM + linear): dynamic quantization of MatMul/LSTM/Gemm weights.
 - CAM++ (convolutional): static QDQ, per-channel int8 weights on Conv only, the first and the
   last Conv left in float, activation ranges from percentile calibration on real speech.
+  ReLUs that follow a quantized Conv are folded into it (the Conv's output is quantized with
+  the ReLU's range, and onnxruntime runs Conv+ReLU as one int8 op): without that, every such
+  pair costs a dequantize/requantize round trip, and the extra rounding made embeddings worse
+  (measured int8 cosine min 0.9948 -> 0.9956 on the parity audio).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 SEGMENTATION_METHOD = "dynamic int8 weights (MatMul, LSTM, Gemm), per-tensor"
-EMBEDDING_METHOD = "static QDQ int8, per-channel Conv weights, first/last Conv in float, percentile calibration"
+EMBEDDING_METHOD = "static QDQ int8, per-channel Conv weights, Conv+ReLU fused, first/last Conv in float, percentile calibration"
 CALIBRATION_PERCENTILE = 99.999
 
 
@@ -81,7 +85,8 @@ def quantize_embedding(fp32: Path, out: Path, calibration: Iterable[Mapping[str,
                 str(out),
                 _Batches(calibration),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["Conv"],
+                # Relu only goes with a quantized Conv before it (onnxruntime's removable activation)
+                op_types_to_quantize=["Conv", "Relu"],
                 nodes_to_exclude=[convs[0], convs[-1]],
                 per_channel=True,
                 activation_type=QuantType.QUInt8,

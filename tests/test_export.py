@@ -82,3 +82,51 @@ def test_io_signature_and_dynamic_axes(exported_bundle):
                 "weights": rng.random((batch, 3, frames)).astype(np.float32),
             })[0]
             assert out.shape == (batch, 3, 192) and np.isfinite(out).all()
+
+
+# --- the export-only restatements compute the same function as the originals (PyTorch) -------
+
+
+@pytest.fixture(scope="module")
+def campplus():
+    from edged_export.embedding import load_campplus
+    from edged_export.sources import default_cache_dir, resolve_source
+
+    return load_campplus(resolve_source("embedding", None, default_cache_dir()))
+
+
+@pytest.mark.parametrize("frames", [150, 298, 498, 1000])  # 1, 2, 3 and 5 context segments
+def test_export_campplus_equals_reference(campplus, frames):
+    """Per-segment CAM context, shifted-matmul statistics: same embeddings as the plain model."""
+    import torch
+
+    from edged_export.embedding import ExportCAMPPlus, WeightedCAMPPlus
+
+    gen = torch.Generator().manual_seed(frames)
+    fbank = torch.randn(2, frames, 80, generator=gen)
+    weights = torch.rand(2, 3, frames, generator=gen) * (torch.rand(2, 3, 1, generator=gen) > 0.3)
+    with torch.no_grad():
+        ref = WeightedCAMPPlus(campplus).eval()(fbank, weights)
+        new = ExportCAMPPlus(campplus).eval()(fbank, weights)
+        assert torch.nn.functional.cosine_similarity(ref, new, dim=-1).min() > 0.99999
+        assert (ref - new).abs().max() < 1e-3 * ref.abs().max()
+        uniform = ExportCAMPPlus(campplus).eval()(fbank, torch.ones(2, 1, frames))[:, 0]
+        assert torch.nn.functional.cosine_similarity(campplus(fbank), uniform, dim=-1).min() > 0.99999
+
+
+def test_sincnet2d_equals_sincnet():
+    import torch
+
+    from edged_export.segmentation import SpeakerActivations, export_module, load_segmentation
+    from edged_export.sources import default_cache_dir, resolve_source
+
+    model = load_segmentation(resolve_source("segmentation", None, default_cache_dir()))
+    exported = export_module(model)
+    assert type(model.sincnet).__name__ == "SincNet"  # the original is left alone
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for samples in (16000, 48000, 80000, 80123):
+            wav = 0.1 * torch.randn(2, 1, samples, generator=gen)
+            assert (model.sincnet(wav) - exported.sincnet(wav)).abs().max() < 1e-4
+            ref, new = SpeakerActivations(model)(wav)[0], SpeakerActivations(exported)(wav)[0]
+            assert (ref - new).abs().max() < 1e-4

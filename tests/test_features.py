@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.features import Fbank, FbankConfig
+from edged.features import Fbank, FbankConfig, RollingFbank
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGED_DATA", ROOT.parent / "shared" / "data"))
@@ -238,6 +238,61 @@ def test_config_round_trip():
         FbankConfig.from_dict({**d, "dither": 1.0})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.num_mel_bins = 40  # type: ignore[misc]
+
+
+# --- RollingFbank: overlapping windows of one stream ------------------------------------------
+
+
+def windows(wav: np.ndarray, size: int, hop: int) -> list[np.ndarray]:
+    return [wav[i : i + size].copy() for i in range(0, len(wav) - size + 1, hop)]
+
+
+@pytest.mark.parametrize("cfg", [FbankConfig(), RAW])
+def test_rolling_equals_fresh_on_pipeline_windows(cfg):
+    """5 s windows every 0.5 s: after the first, 448 of 498 frames are reused, same result."""
+    fb = Fbank(cfg)
+    rolling = RollingFbank(fb)
+    wavs = windows(noise(16000 * 9, seed=3), 80000, 8000)
+    for wav in wavs:
+        np.testing.assert_allclose(rolling(wav), fb(wav), rtol=0, atol=1e-5)
+    assert rolling.reused_frames == 448 * (len(wavs) - 1)
+    assert rolling.computed_frames == 498 + 50 * (len(wavs) - 1)
+
+
+def test_rolling_handles_skips_repeats_misaligned_and_padded_windows():
+    fb = Fbank()
+    rolling = RollingFbank(fb)
+    wav = noise(16000 * 12, seed=4)
+    padded = np.concatenate([wav[16000 * 9 : 16000 * 12], np.zeros(32000, np.float32)])  # a flushed tail
+    feed = [wav[:80000], wav[16000:96000],  # skipped windows: shift of 100 frames
+            wav[16000:96000],  # the same window again
+            wav[16080:96080],  # not a whole number of frames: nothing reusable
+            wav[16000 * 7 : 16000 * 12], padded, noise(80000, seed=5),  # tail, then another stream
+            wav[:40000]]  # a shorter window
+    for w in feed:
+        np.testing.assert_allclose(rolling(w), fb(w), rtol=0, atol=1e-5)
+    assert rolling.reused_frames > 0
+
+
+def test_rolling_keeps_its_own_copy_of_the_samples():
+    fb = Fbank()
+    rolling = RollingFbank(fb)
+    wav = noise(80000, seed=6)
+    buf = wav.copy()
+    rolling(buf)
+    buf[:] = 0.0  # the caller reuses its buffer
+    nxt = np.concatenate([wav[8000:], noise(8000, seed=7)])
+    np.testing.assert_allclose(rolling(nxt), fb(nxt), rtol=0, atol=1e-5)
+
+
+def test_rolling_silence_and_bad_input():
+    rolling = RollingFbank()
+    silent = np.zeros(80000, np.float32)
+    np.testing.assert_allclose(rolling(silent), Fbank()(silent), atol=1e-6)
+    with pytest.raises(ValueError, match="NaN"):
+        rolling(np.full(80000, np.nan, np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        rolling(np.zeros((2, 8000), np.float32))
 
 
 def test_module_imports_no_torch():
