@@ -215,6 +215,12 @@ def test_sighup_reloads_config_and_keeps_speakers(bundle, data_dir, broker, tmp_
     proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "reload failed, keeping the running config" in log.read_text(), 60, what="bad reload")
     assert "delta_new=9 is out of range" in log.read_text().split("reload failed")[-1].splitlines()[0]
+    # a valid config the bundle cannot serve (no UIS-RNN model): the running pipeline stays
+    config.write_text(text.replace("delta_new: 0.9", "delta_new: 0.9\n  clustering: uisrnn"))
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: log.read_text().count("reload failed, keeping the running config") >= 2, 60, what="2nd bad reload")
+    assert "has no UIS-RNN model" in log.read_text().split("reload failed")[-1].splitlines()[0]
+    assert proc.poll() is None, "the daemon must keep running after a reload it cannot apply"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
 
