@@ -112,16 +112,28 @@ class RollingBuffer:
         self._total += n
         return out
 
-    def flush(self) -> list[Chunk]:
-        """End of stream: emit the zero-padded window covering the last samples, if any.
+    def flush(self, tail: float = 0.0) -> list[Chunk]:
+        """End of stream: emit the zero-padded window covering the last samples, if any, and
+        with ``tail`` > 0 more padded windows every step until one ends ``tail`` seconds after
+        the last sample (so the last samples are seen by as many windows as earlier ones, as
+        diart pads ``latency - step``). Every emitted window holds some real samples.
 
-        A stream shorter than one window yields one padded window; an empty stream yields none.
+        With ``tail`` 0, a stream shorter than one window yields one padded window; an empty
+        stream yields none.
         """
         out: list[Chunk] = []
+        total = self._total
+        target = total + round(tail * self.sample_rate)  # the last window ends at or after this
         covered = self._next_start - self.hop + self.window if self._count else 0
-        if self._total > covered:
-            self._buf[self._fill :] = 0.0
-            out.append(self._emit(self._fill))
+        if total > 0 and (total > covered or covered < target):
+            while self._next_start < total:
+                real = min(self.window, total - self._next_start)
+                self._buf[real:] = 0.0
+                out.append(self._emit(real))
+                if self._next_start + self.window >= target:
+                    break
+                self._buf[: self.window - self.hop] = self._buf[self.hop :]
+                self._next_start += self.hop
         self.reset()
         return out
 

@@ -109,8 +109,16 @@ class IncrementalClustering:
         """Identify and return the chunk's ``(frames, max_speakers)`` global activations."""
         return self.identify(segmentation, embeddings).apply(segmentation)
 
-    def identify(self, segmentation: np.ndarray, embeddings: np.ndarray) -> Assignment:
-        """Map the chunk's local speakers to global ids, updating the centroids."""
+    def identify(self, segmentation: np.ndarray, embeddings: np.ndarray, update: bool = True) -> Assignment:
+        """Map the chunk's local speakers to global ids, updating the centroids (with
+        ``update=False`` the same mapping is made but the centroids stay as they are: a speaker
+        that would open a centroid gets the id of the free slot it would take)."""
+        if not update:
+            saved = (None if self._centroids is None else self._centroids.copy(), self._used.copy())
+            try:
+                return self.identify(segmentation, embeddings)
+            finally:
+                self._centroids, self._used = saved
         seg = np.asarray(segmentation, dtype=np.float64)
         emb = np.asarray(embeddings, dtype=np.float64)
         if seg.ndim != 2 or emb.ndim != 2 or emb.shape[0] != seg.shape[1]:

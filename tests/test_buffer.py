@@ -140,3 +140,19 @@ def test_bad_blocks(block, match):
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RollingBuffer(**kwargs)
+
+
+@pytest.mark.parametrize("total", [1, 1200, 5000, 5300, 5500, 9999, 12000])
+def test_flush_with_tail_pads_until_a_window_ends_tail_after_the_audio(total):
+    buf = RollingBuffer(SR, 5.0, 0.5)
+    stream = np.arange(1, total + 1, dtype=np.float32)
+    chunks = buf.push(stream) + buf.flush(tail=4.5)
+    starts = [c.start_sample for c in chunks]
+    assert starts == list(range(0, 500 * len(chunks), 500))  # every hop, no gap, no repeat
+    for c in chunks:  # real samples where they belong, zeros after, and some real audio in each
+        assert 0 < c.num_real <= 5000
+        np.testing.assert_array_equal(c.samples[: c.num_real], stream[c.start_sample : c.start_sample + c.num_real])
+        assert not c.samples[c.num_real :].any()
+    assert chunks[-1].start_sample + 5000 >= total + 4500  # the last window ends 4.5 s after the audio
+    assert len(chunks) == 1 or chunks[-2].start_sample + 5000 < total + 4500  # and no window more
+    assert buf.samples_seen == 0  # reset for the next stream

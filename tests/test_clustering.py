@@ -284,3 +284,18 @@ def test_embedding_weights_is_penalty_then_resampling():
     seg = np.random.default_rng(1).random((FRAMES, 3))
     expected = resample_weights(overlap_aware_weights(seg, gamma=2.0, beta=5.0).T, 498)
     np.testing.assert_allclose(embedding_weights(seg, 498, gamma=2.0, beta=5.0), expected)
+
+
+def test_identify_without_update_maps_alike_and_leaves_the_centroids(voices):
+    rng = np.random.default_rng(7)
+    clu = make()
+    clu.identify(*chunk(rng, voices, [0, 1, None]))
+    before, used = clu.centroids.copy(), clu.used
+    frozen = clu.identify(*chunk(rng, voices, [1, 5, 0]), update=False)  # 5 is new
+    assert frozen.mapping[0] == 1 and frozen.mapping[2] == 0 and frozen.mapping[1] == 2  # the slot it would take
+    np.testing.assert_array_equal(clu.centroids, before)
+    np.testing.assert_array_equal(clu.used, used)
+    assert clu.num_speakers == 2
+    # with update the same chunk opens the new speaker
+    assert clu.identify(*chunk(rng, voices, [1, 5, 0])).mapping.tolist() == frozen.mapping.tolist()
+    assert clu.num_speakers == 3
