@@ -106,17 +106,22 @@ def shifted_weighted_statistics(features: torch.Tensor, weights: torch.Tensor, e
     return torch.cat([mean + shift, std], dim=-1)
 
 
+def split_campplus(campplus: torch.nn.Module) -> tuple[torch.nn.Module, list[torch.nn.Module], torch.nn.Module]:
+    """speakerlab CAM++ -> (head, trunk layers before the stats pooling, dense layer)."""
+    layers = dict(campplus.xvector.named_children())
+    if "stats" not in layers or "dense" not in layers:
+        raise ExportError("unexpected CAM++ layout: no 'stats'/'dense' layers in xvector")
+    trunk = [m for n, m in layers.items() if n not in ("stats", "dense")]
+    return campplus.head, trunk, layers["dense"]
+
+
 class WeightedCAMPPlus(torch.nn.Module):
     """CAM++ with the stats pooling replaced by per-speaker weighted pooling (shared trunk)."""
 
     def __init__(self, campplus: torch.nn.Module):
         super().__init__()
-        layers = dict(campplus.xvector.named_children())
-        if "stats" not in layers or "dense" not in layers:
-            raise ExportError("unexpected CAM++ layout: no 'stats'/'dense' layers in xvector")
-        self.head = campplus.head
-        self.trunk = torch.nn.Sequential(*[m for n, m in campplus.xvector.named_children() if n not in ("stats", "dense")])
-        self.dense = campplus.xvector.dense
+        self.head, trunk, self.dense = split_campplus(campplus)
+        self.trunk = torch.nn.Sequential(*trunk)
 
     def forward(self, fbank: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         x = self.head(fbank.permute(0, 2, 1))  # (b, f, t) in, (b, c, t) out
@@ -186,15 +191,8 @@ class ExportCAMPPlus(torch.nn.Module):
         super().__init__()
         from speakerlab.models.campplus.layers import CAMDenseTDNNBlock
 
-        layers = dict(campplus.xvector.named_children())
-        if "stats" not in layers or "dense" not in layers:
-            raise ExportError("unexpected CAM++ layout: no 'stats'/'dense' layers in xvector")
-        self.head = campplus.head
-        self.trunk = torch.nn.ModuleList([
-            _CAMDenseBlock(m) if isinstance(m, CAMDenseTDNNBlock) else m
-            for n, m in campplus.xvector.named_children() if n not in ("stats", "dense")
-        ])
-        self.dense = campplus.xvector.dense
+        self.head, trunk, self.dense = split_campplus(campplus)
+        self.trunk = torch.nn.ModuleList([_CAMDenseBlock(m) if isinstance(m, CAMDenseTDNNBlock) else m for m in trunk])
 
     def forward(self, fbank: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         x = self.head(fbank.permute(0, 2, 1))
