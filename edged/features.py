@@ -282,10 +282,6 @@ class RollingFbank:
     def num_frames(self, num_samples: int) -> int:
         return self.fbank.num_frames(num_samples)
 
-    def reset(self) -> None:
-        """Forget the previous window (at the end of a stream; optional, nothing goes wrong without)."""
-        self._last = None
-
     def __call__(self, waveform: np.ndarray) -> np.ndarray:
         """Same as ``Fbank.__call__``: (frames, bins) float32, mean over time removed if configured."""
         fb = self.fbank

@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 Event = Union[TurnEvent, ActivityEvent]
 # a local speaker is speaking in a frame when its activation probability reaches this
 LOCAL_THRESHOLD = 0.5
+
+
+def end_padding(params: PipelineParams) -> float:
+    """Seconds of zeros after the last sample at the end of a stream (as diart pads), so the
+    last samples are seen by as many windows as earlier ones."""
+    return params.latency - params.step
+
+
 STEPS = ("segmentation", "embedding", "clustering", "aggregation")
 
 
@@ -141,8 +149,7 @@ class StreamingDiarizer:
     def flush(self) -> list[Event]:
         """End of stream: process the zero-padded tail, close open turns, reset for a new stream."""
         events: list[Event] = []
-        # as diart pads latency - step: the last samples get as many windows as earlier ones
-        for chunk in self.buffer.flush(tail=self.params.latency - self.params.step):
+        for chunk in self.buffer.flush(tail=end_padding(self.params)):
             events.extend(self._process(chunk))
         if getattr(self.clustering, "delayed", False):  # chunks still waiting for their labels
             for assignment, (probs, chunk) in self.clustering.drain():

@@ -1,8 +1,8 @@
 """UIS-RNN training data: labelled embedding sequences made by the edge's own models and chunking.
 
-A recording is cut into the pipeline's windows (``RollingBuffer``, duration/step of the
-parameters), segmented and embedded exactly as ``StreamingDiarizer`` does, and every observation
-the edge back-end would decode (``edged.uisrnn.step_observations``: one per active local
+A recording is cut into the pipeline's windows (``RollingBuffer``: duration/step of the
+parameters, the stream's end padded by ``end_padding``), segmented and embedded exactly as
+``StreamingDiarizer`` does, and every observation the edge back-end would decode (``edged.uisrnn.step_observations``: one per active local
 speaker, ordered by the centre of its activity) is labelled with the reference speaker that
 overlaps its active frames most (frame centres inside reference turns). An observation over no
 reference speech gets the empty label and purity 0; training drops observations below a purity.
@@ -26,14 +26,13 @@ from edged.audio import read_audio
 from edged.buffer import RollingBuffer
 from edged.hyperparams import PipelineParams
 from edged.models import Models
-from edged.pipeline import LOCAL_THRESHOLD
+from edged.pipeline import LOCAL_THRESHOLD, end_padding
 from edged.uisrnn import step_observations
 
 from .errors import ExportError
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 Segments = list[tuple[str, float, float]]  # (speaker, start, end) seconds
 
 
@@ -55,40 +54,11 @@ class LabelledSequence:
 
 
 def read_rttm(paths: Sequence[Path]) -> dict[str, Segments]:
-    """uri -> reference turns, from RTTM files (UTF-8; SPEAKER lines only)."""
-    refs: dict[str, Segments] = {}
-    for path in paths:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ExportError(f"{path}: cannot read the reference RTTM ({exc}); check --reference") from None
-        for number, line in enumerate(text.splitlines(), 1):
-            f = line.split()
-            if not f or f[0] != "SPEAKER":
-                continue
-            if len(f) < 8:
-                raise ExportError(f"{path}:{number}: RTTM SPEAKER line needs 10 fields; fix the reference")
-            start, duration = float(f[3]), float(f[4])
-            if duration > 0:
-                refs.setdefault(f[1], []).append((f[7], start, start + duration))
-    return refs
+    """uri -> reference turns (speaker, start, end), read with ``edged_host.scoring.load_rttm``."""
+    from edged_host.scoring import load_rttm
 
-
-def find_audio(paths: Sequence[Path]) -> dict[str, Path]:
-    """uri (file stem) -> audio file, from files and folders (not recursive)."""
-    found: dict[str, Path] = {}
-    for item in map(Path, paths):
-        if item.is_dir():
-            files = sorted(p for p in item.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
-        elif item.is_file():
-            files = [item]
-        else:
-            raise ExportError(f"{item}: training audio not found; pass files or folders to --train")
-        for path in files:
-            found[path.stem] = path
-    if not found:
-        raise ExportError(f"no audio in {', '.join(map(str, paths))}; pass WAV/FLAC files or folders to --train")
-    return found
+    return {uri: [(label, seg.start, seg.end) for seg, _, label in ann.itertracks(yield_label=True)]
+            for uri, ann in load_rttm(paths).annotations.items()}
 
 
 def label_observation(active: np.ndarray, centres: np.ndarray, segments: Segments) -> tuple[str, float]:
@@ -112,7 +82,7 @@ def extract(models: Models, audio: np.ndarray, segments: Segments, params: Pipel
     grid = models.segmentation.grid
     dim = models.bundle.embedding.dim
     embs, labels, purity, steps = [], [], [], []
-    chunks = buffer.push(np.asarray(audio, np.float32)) + buffer.flush()
+    chunks = buffer.push(np.asarray(audio, np.float32)) + buffer.flush(tail=end_padding(params))
     for step, chunk in enumerate(chunks):
         probs = models.segmentation(chunk.samples)
         local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
@@ -136,9 +106,9 @@ def _key(models: Models, params: PipelineParams, what: dict) -> str:
     ident = {
         "segmentation": bundle.model("segmentation", models.variant).sha256,
         "embedding": bundle.model("embedding", models.variant).sha256,
-        "params": {k: getattr(params, k) for k in ("duration", "step", "tau_active", "gamma", "beta")},
+        "params": {k: getattr(params, k) for k in ("duration", "step", "latency", "tau_active", "gamma", "beta")},
         "what": what,
-        "version": 1,
+        "version": 2,  # 2: the padded end-of-stream windows, as the pipeline
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -162,6 +132,8 @@ def _cached(cache: Path | None, key: str, make) -> LabelledSequence:
 def recordings(models: Models, audio: Sequence[Path], references: Sequence[Path], params: PipelineParams,
                cache: Path | None = None) -> list[LabelledSequence]:
     """Sequences of recordings with RTTM references (matched by uri = file stem)."""
+    from edged_host.inputs import find_audio
+
     files = find_audio(audio)
     refs = read_rttm(references)
     missing = sorted(set(files) - set(refs))
