@@ -20,6 +20,22 @@ from edged.frames import FrameGrid
 STRATEGIES = ("hamming", "mean", "first")
 
 
+def blend_decisions(probabilities: np.ndarray, decisions: np.ndarray, weight: float) -> np.ndarray:
+    """Chunk scores to aggregate: ``(1 - weight) * probabilities + weight * decisions``.
+
+    ``decisions`` are the 0/1 local speaker activities the clustering saw.  ``weight`` 0 keeps the
+    probabilities; 1 aggregates votes, as diart and pyannote's offline pipeline do."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    probabilities = np.asarray(probabilities)
+    if weight == 0.0:
+        return probabilities
+    decisions = np.asarray(decisions, dtype=probabilities.dtype)
+    if decisions.shape != probabilities.shape:
+        raise ValueError(f"decisions {decisions.shape} and probabilities {probabilities.shape} differ in shape")
+    return (1.0 - weight) * probabilities + weight * decisions
+
+
 @lru_cache(maxsize=8)
 def _hamming(n: int) -> np.ndarray:
     w = np.hamming(n)

@@ -26,6 +26,7 @@ def _choice(default: str, choices: tuple[str, ...], doc: str) -> Any:
 
 
 CLUSTERING_BACKENDS = ("incremental", "uisrnn")
+AGGREGATION_WINDOWS = ("mean", "hamming")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class PipelineParams:
     gamma: float = _p(3.0, 0.0, 10.0, True, "overlap penalty exponent")
     beta: float = _p(10.0, 0.0, 100.0, True, "overlap penalty softmax temperature")
     max_speakers: int = _p(20, 1, 100, False, "maximum number of global speakers")
+    aggregation: Literal["mean", "hamming"] = _choice(
+        "mean", AGGREGATION_WINDOWS, "weight of each overlapping chunk in a frame's score: mean (equal) or hamming"
+    )
+    decision_weight: float = _p(
+        0.25, 0.0, 1.0, True, "share of the local 0/1 decisions (the rest: probabilities) in the aggregated scores"
+    )
     onset: float = _p(0.507, 0.0, 1.0, True, "binarization onset threshold")
     offset: float = _p(0.507, 0.0, 1.0, True, "binarization offset threshold")
     min_duration_on: float = _p(0.0, 0.0, 2.0, True, "shortest turn kept, s")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edged.aggregation import DelayedAggregator, aggregate_frames
+from edged.aggregation import DelayedAggregator, aggregate_frames, blend_decisions
 from edged.buffer import RollingBuffer
 from edged.frames import SEGMENTATION_FRAMES as G, FrameGrid
 
@@ -253,3 +253,26 @@ def test_full_latency_matches_pyannote_offline_aggregate(hamming, strategy):
     idx = np.flatnonzero(covered[:n])
     assert len(idx) > 0.95 * n
     np.testing.assert_allclose(ours[idx - first], theirs[idx], rtol=1e-5, atol=1e-6)
+
+
+def test_blend_decisions_mixes_probabilities_and_votes():
+    p = np.array([[0.2, 0.6], [0.5, 0.9]], np.float32)
+    d = (p >= 0.5).astype(np.float32)
+    assert blend_decisions(p, d, 0.0) is p
+    np.testing.assert_allclose(blend_decisions(p, d, 1.0), d)
+    np.testing.assert_allclose(blend_decisions(p, d, 0.25), [[0.15, 0.7], [0.625, 0.925]])
+    assert blend_decisions(p, d, 0.25).dtype == np.float32
+    with pytest.raises(ValueError, match="weight must be in"):
+        blend_decisions(p, d, 1.5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        blend_decisions(p, d[:1], 0.5)
+
+
+def test_blend_of_one_chunk_keeps_the_decisions_at_the_onset():
+    """With one chunk (latency = step) any weight > 0 turns a frame on exactly where the local
+    decision is 1, whatever the binarization threshold between 0.5 - w/2 and 0.5 + w/2."""
+    rng = np.random.default_rng(3)
+    p = rng.uniform(size=(F, 3))
+    d = (p >= 0.5).astype(float)
+    for w in (0.25, 0.5, 1.0):
+        assert ((blend_decisions(p, d, w) >= 0.507) == d.astype(bool)).all()

@@ -46,6 +46,8 @@ def test_unknown_preset():
         (dict(onset="high"), "onset must be a number, got 'high'"),
         (dict(offset=True), "offset must be a number, got True"),
         (dict(min_duration_off=float("inf")), "min_duration_off=inf is out of range"),
+        (dict(aggregation="median"), "aggregation='median' is not allowed; choose one of mean, hamming"),
+        (dict(decision_weight=1.5), "decision_weight=1.5 is out of range; allowed [0.0, 1.0]"),
     ],
 )
 def test_validate_names_field_value_and_range(change, message):
@@ -66,7 +68,7 @@ def test_latency_bounds_follow_step_and_duration():
 
 def test_tunable_bounds():
     bounds = PipelineParams.tunable_bounds()
-    assert {"tau_active", "rho_update", "delta_new", "onset", "offset"} <= bounds.keys()
+    assert {"tau_active", "rho_update", "delta_new", "onset", "offset", "decision_weight"} <= bounds.keys()
     assert not {"duration", "step", "latency", "max_speakers"} & bounds.keys()
     assert bounds["tau_active"] == (0.0, 1.0) and bounds["delta_new"] == (0.0, 2.0)
     for name, (lo, hi) in bounds.items():

@@ -66,6 +66,32 @@ def test_block_size_does_not_change_result(models, data_dir):
     assert [(t.speaker, t.start, t.end) for t in a] == [(t.speaker, t.start, t.end) for t in b]
 
 
+def test_aggregation_settings_reach_the_aggregated_scores(models, data_dir):
+    wav = read_audio(data_dir / "sample" / "sample.wav")[: 16000 * 12]
+    outputs = {}
+    for aggregation, weight in [("mean", 0.25), ("hamming", 0.25), ("mean", 0.0), ("mean", 1.0)]:
+        diarizer = StreamingDiarizer(models, PipelineParams(aggregation=aggregation, decision_weight=weight))
+        assert diarizer.aggregator.strategy == aggregation
+        seen = []
+        push = diarizer.aggregator.push
+        diarizer.aggregator.push = lambda scores, *a, **k: (seen.append(scores), push(scores, *a, **k))[1]
+        diarizer.push(wav)
+        diarizer.flush()
+        outputs[aggregation, weight] = np.concatenate(seen)
+    # every aggregated value is (1 - w) p + w d with d in {0, 1}: votes only at weight 1
+    assert set(np.unique(outputs["mean", 1.0])) <= {0.0, 1.0}
+    assert len(np.unique(outputs["mean", 0.0])) > 100
+    np.testing.assert_array_equal(outputs["mean", 0.25], outputs["hamming", 0.25])
+    np.testing.assert_allclose(outputs["mean", 0.25], 0.75 * outputs["mean", 0.0] + 0.25 * outputs["mean", 1.0],
+                               atol=1e-6)
+
+
+def test_update_params_switches_the_aggregation_in_place(models):
+    diarizer = StreamingDiarizer(models)
+    assert diarizer.update_params(diarizer.params.replace(aggregation="hamming", decision_weight=0.0))
+    assert diarizer.aggregator.strategy == "hamming" and diarizer.params.decision_weight == 0.0
+
+
 def test_int8_and_fp32_agree_on_sample(bundle, data_dir):
     wav = read_audio(data_dir / "sample" / "sample.wav")
     ref = data_dir / "sample" / "sample.rttm"
