@@ -1,7 +1,8 @@
 """Accuracy, speed and memory of the streaming pipeline on the shared recordings.
 
     .venv/bin/python benchmarks/diarization.py --models models/default \
-        [--variant fp32,int8] [--latency 0.5,5] [--jobs 1] [--output bench-out] [--long-minutes 60]
+        [--variant fp32,int8] [--latency 0.5,5] [--jobs 1] [--output bench-out] [--long-minutes 60] \
+        [--extra DIR ...]
 
 A thin wrapper over ``edged-bench`` (package ``edged_host``): the same as
 
@@ -9,7 +10,10 @@ A thin wrapper over ``edged-bench`` (package ``edged_host``): the same as
         --reference DATA/ami-debug/reference.rttm DATA/sample/sample.rttm DATA/falcon/falcon.rttm \
         --uem DATA/ami-debug/reference.uem --models ... --variant ... --latency ... --output ...
 
-printed as one row per (variant, latency) with the DER of each data set. ``--long-minutes`` also
+printed as one row per (variant, latency) with the DER of each data set. ``--extra`` adds folders
+holding ``reference.rttm`` (and optionally ``reference.uem``), e.g. held-out conversations from
+``edged-conversations ../shared/data/librispeech --output conv3 --count 12 --speakers 3 --seed 100``,
+each as one more column. ``--long-minutes`` also
 feeds one long stream built from the recordings as fast as possible, in a fresh edge-only worker
 process, and reports RSS along the way (flat memory over hours).
 """
@@ -74,6 +78,8 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1: clean step times)")
     p.add_argument("--output", type=Path, default=Path("bench-out"), help="edged-bench output folder")
     p.add_argument("--long-minutes", type=float, default=0.0, help="also run one stream this long (RSS flatness)")
+    p.add_argument("--extra", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="more data set folders, each with reference.rttm (and optionally reference.uem)")
     args = p.parse_args()
     if not args.data.is_dir():
         print(f"benchmark: error: {args.data}: data folder not found; pass --data or set EDGED_DATA", file=sys.stderr)
@@ -83,21 +89,29 @@ def main() -> int:
     from edged_host.inputs import load_dataset
 
     d = args.data
+    sets = {name: (d / a, d / r, d / u if u else None) for name, (a, r, u) in DATASETS.items()}
+    for extra in args.extra:
+        if not (extra / "reference.rttm").is_file():
+            print(f"benchmark: error: {extra}: no reference.rttm; pass folders written by edged-conversations",
+                  file=sys.stderr)
+            return 1
+        uem = extra / "reference.uem"
+        sets[extra.name] = (extra, extra / "reference.rttm", uem if uem.is_file() else None)
     try:
-        dataset = load_dataset([d / a for a, _, _ in DATASETS.values()], [d / r for _, r, _ in DATASETS.values()],
-                               [d / u for _, _, u in DATASETS.values() if u])
+        dataset = load_dataset([a for a, _, _ in sets.values()], [r for _, r, _ in sets.values()],
+                               [u for _, _, u in sets.values() if u])
         report = run_bench(dataset, args.models, args.output, variants=args.variant.split(","),
                            latencies=[float(x) for x in args.latency.split(",")], jobs=args.jobs)
     except EdgedError as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{'variant':7s} {'latency':>7s} | " + " | ".join(f"{n:>24s}" for n in DATASETS)
+    print(f"{'variant':7s} {'latency':>7s} | " + " | ".join(f"{n:>24s}" for n in sets)
           + " | step ms p50/p95 |   RTF | peak RSS")
-    print(f"{'':7s} {'':>7s} | " + " | ".join(f"{'DER (miss/fa/conf)':>24s}" for _ in DATASETS) + " |")
+    print(f"{'':7s} {'':>7s} | " + " | ".join(f"{'DER (miss/fa/conf)':>24s}" for _ in sets) + " |")
     for row in report["runs"]:
         cells = " | ".join(
             f"{g['der']:5.1f} ({g['miss']:4.1f}/{g['false_alarm']:3.1f}/{g['confusion']:4.1f})".rjust(24)
-            for g in (row["groups"][n] for n in DATASETS))
+            for g in (row["groups"][n] for n in sets))
         print(f"{row['variant']:7s} {row['latency']:7.1f} | {cells} | {row['step_ms_p50']:6.1f} / {row['step_ms_p95']:5.1f} | "
               f"{row['rtf']:.3f} | {row['peak_rss_mb']:5.0f} MB", flush=True)
     print(f"report: {args.output / 'report.md'}")
