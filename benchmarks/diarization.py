@@ -46,10 +46,10 @@ def _rss_mb() -> float:
 
 def run_long(models_dir: str, variant: str, files: list[str], minutes: float) -> dict:
     """In a fresh process: one stream of ``minutes`` built by cycling the files; RSS over time."""
-    from edged.audio import read_audio
-    from edged.hyperparams import PipelineParams
-    from edged.models import load_models
-    from edged.pipeline import StreamingDiarizer
+    from edged.sources.file import read_audio
+    from edged.diarize.params import PipelineParams
+    from edged.models.blocks import load_models
+    from edged.diarize.pipeline import StreamingDiarizer
 
     models = load_models(models_dir, variant, threads=1)
     audio = np.concatenate([read_audio(p) for p in files])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from edged.listen import listen
+from edged.service.listen import listen
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.audio import read_audio
-from edged.hyperparams import PipelineParams
-from edged.models import load_models
-from edged.pipeline import STEPS, StreamingDiarizer
+from edged.sources.file import read_audio
+from edged.diarize.params import PipelineParams
+from edged.models.blocks import load_models
+from edged.diarize.pipeline import STEPS, StreamingDiarizer
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = ("ami-debug", "sample", "falcon")

@@ -14,13 +14,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .audio import file_blocks, paced, pcm_blocks
-from .errors import ConfigError, EdgedError
-from .events import TurnEvent, format_rttm
-from .hyperparams import PRESETS, PipelineParams
-from .models import load_models
-from .pipeline import StreamingDiarizer
-from .config import DEFAULT_PATH
+from edged.sources.file import file_blocks, paced, pcm_blocks
+from edged.errors import ConfigError, EdgedError
+from edged.messages import TurnEvent, format_rttm
+from edged.diarize.params import PRESETS, PipelineParams
+from edged.models.blocks import load_models
+from edged.diarize.pipeline import StreamingDiarizer
+from edged.settings import DEFAULT_PATH
 
 log = logging.getLogger("edged")
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus: a bad config is not retried
@@ -162,13 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "diarize":
             return cmd_diarize(args)
         if args.command == "run":
-            from .daemon import Daemon
+            from edged.service.daemon import Daemon
 
             if args.verbose:
                 args.overrides.append("logging.level=debug")
             return Daemon(args.config, args.overrides, replay_speed=args.replay_speed).run()
         if args.command == "devices":
-            from .capture import list_devices
+            from edged.sources.alsa import list_devices
 
             lines = list_devices()
             for line in lines:
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)
             return 0 if lines else 1
         if args.command == "listen":
-            from .listen import listen
+            from edged.service.listen import listen
 
             if args.prefix is None and args.device_id is None:
                 raise EdgedError("listen needs --prefix or --device-id (topics are edged/<device-id>/...)")
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             import yaml
 
-            from .config import config_to_dict, load_config
+            from edged.settings import config_to_dict, load_config
 
             path = args.config if args.config.exists() or args.config != DEFAULT_PATH else None
             config = load_config(path, args.overrides)
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                if k != "device_id"}}, sort_keys=False), end="")
             return 0
         if args.command == "check":
-            from .check import run_checks
+            from edged.service.check import run_checks
 
             return run_checks(args.config, args.overrides)
     except ConfigError as exc:

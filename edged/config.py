@@ -1,33 +1,134 @@
-"""The daemon's configuration: one YAML file, one typed section per concern.
+"""The daemon's configuration as typed dataclasses, one per concern; no I/O.
 
-Sections: ``device_id``, ``audio`` (edged.capture), ``models``, ``pipeline`` (edged.hyperparams),
-``mqtt`` (edged.mqtt), ``spool`` (edged.spool), ``logging``. Every key can be overridden with
-``--set section.key=value`` on the command line or ``EDGED__SECTION__KEY=value`` in the
-environment (values are parsed as YAML scalars); precedence: command line > environment > file.
+Sections: ``device_id``, ``audio``, ``models``, ``pipeline`` (``edged.diarize.params``), ``mqtt``,
+``spool``, ``logging``. ``edged.settings`` reads, overrides and validates them.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
+from edged.diarize.params import PRESETS, PipelineParams
 
-from .capture import AudioConfig
-from .errors import ConfigError
-from .hyperparams import PRESETS, PipelineParams
-from .mqtt import MqttConfig
-from .settings import build, set_path
-from .spool import SpoolConfig
 
-DEFAULT_PATH = Path("/etc/edged/config.yaml")
-ENV_PREFIX = "EDGED__"
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+@dataclass(frozen=True)
+class AudioConfig:
+    """Where the audio comes from: a capture device (ALSA via PortAudio) or a file."""
+
+    # alsa: live capture device; file: replay `file` at wall-clock speed (demos, tests)
+    source: Literal["alsa", "file"] = "alsa"
+    # capture device: index, exact PortAudio name, hw:CARD=X,DEV=N / plughw:..., or a unique substring (`edged check` lists them)
+    device: str = "default"
+    # audio file replayed when source is file
+    file: Path | None = None
+    # device sample rate in Hz (null: the device's default rate); resampled to 16 kHz
+    rate: int | None = field(default=None, metadata={"range": (4000, 384000)})
+    # device channels (null: the device's, at most 2); mixed down to mono
+    channels: int | None = field(default=None, metadata={"range": (1, 64)})
+    # capture block (PortAudio buffer) length in milliseconds
+    block_ms: int = field(default=100, metadata={"range": (10, 1000)})
+    # seconds buffered between capture and processing; when full the oldest block is dropped (counted)
+    queue_seconds: float = field(default=10.0, metadata={"range": (0.1, 3600.0)})
+    # first wait before reopening a lost device, seconds (doubles after each failed attempt)
+    retry_min_s: float = field(default=0.5, metadata={"range": (0.01, 3600.0)})
+    # longest wait between reopen attempts, seconds
+    retry_max_s: float = field(default=30.0, metadata={"range": (0.01, 3600.0)})
+    # an open device that delivers no audio for this many seconds counts as lost
+    stall_s: float = field(default=2.0, metadata={"range": (0.1, 3600.0)})
+
+    def validate(self) -> None:
+        """Cross-field checks (ValueError, one line)."""
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError(f"retry_max_s={self.retry_max_s:g} must be >= retry_min_s={self.retry_min_s:g}")
+        if self.source == "file" and self.file is None:
+            raise ValueError("source is file but file is not set; set audio.file to a WAV/FLAC file")
+        if self.stall_s * 1000 < 2 * self.block_ms:
+            raise ValueError(f"stall_s={self.stall_s:g} must cover at least two blocks ({2 * self.block_ms} ms)")
+
+
+_BAD_TOPIC = re.compile(r"[#+\x00]|^/|/$|//")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The MQTT broker, topics, credentials and TLS."""
+
+    # broker host name or IP address
+    host: str = "localhost"
+    # broker port (usually 1883, or 8883 with TLS)
+    port: int = field(default=1883, metadata={"range": (1, 65535)})
+    # topic prefix; null: edged/<device_id>
+    topic_prefix: str | None = None
+    # MQTT client id; null: edged-<device_id>
+    client_id: str | None = None
+    # MQTT protocol: auto (MQTT 5, falling back to 3.1.1 when the broker refuses 5), 5 or 3.1.1
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    # user name for the broker login (null: anonymous)
+    username: str | None = None
+    # password (prefer password_file or $EDGED_MQTT_PASSWORD; never logged)
+    password: str | None = field(default=None, repr=False, metadata={"secret": True})
+    # file holding the password (trailing newline ignored), e.g. a systemd credential
+    password_file: Path | None = None
+    # connect with TLS
+    tls: bool = False
+    # CA certificate(s) to verify the broker (null: the system's CAs)
+    ca_file: Path | None = None
+    # client certificate (PEM) for brokers that require one
+    cert_file: Path | None = None
+    # private key of the client certificate (null: inside cert_file)
+    key_file: Path | None = None
+    # skip the broker host-name check (the certificate chain is still verified)
+    tls_insecure: bool = False
+    # seconds between keep-alive pings; the broker publishes the last will after 1.5x this without traffic
+    keepalive: int = field(default=30, metadata={"range": (5, 3600)})
+    # seconds between stats messages
+    stats_interval: float = field(default=30.0, metadata={"range": (1.0, None)})
+    # first reconnect delay in seconds (doubles per failed attempt)
+    reconnect_min_s: float = field(default=1.0, metadata={"range": (0.1, 3600.0)})
+    # longest reconnect delay in seconds
+    reconnect_max_s: float = field(default=60.0, metadata={"range": (0.1, 3600.0)})
+    # publish Home Assistant MQTT discovery (retained)
+    homeassistant: bool = False
+    # Home Assistant discovery prefix
+    discovery_prefix: str = "homeassistant"
+
+    def validate(self) -> None:
+        if not self.host.strip():
+            raise ValueError("host is empty; set the broker's host name or IP address")
+        for name in ("topic_prefix", "discovery_prefix"):
+            value = getattr(self, name)
+            if value is not None and (not value or _BAD_TOPIC.search(value)):
+                raise ValueError(f"{name}={value!r} is not a usable topic prefix; use levels like 'edged/kitchen' "
+                                 "without +, #, or leading/trailing /")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(f"reconnect_min_s={self.reconnect_min_s} is above reconnect_max_s="
+                             f"{self.reconnect_max_s}; lower reconnect_min_s")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password and password_file are both set; keep one")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            raise ValueError("a password is set but username is not; set username")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set without cert_file; set cert_file too")
+        if not self.tls:
+            for name in ("ca_file", "cert_file", "key_file", "tls_insecure"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} is set but tls is false; set tls: true (and usually port: 8883)")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """Where turns wait for the broker's acknowledgement, and how much room they may take."""
+
+    # spool folder (created if missing; under systemd the unit's StateDirectory)
+    path: Path = Path("/var/lib/edged/spool")
+    # bound on the segment files in bytes; when full the oldest unacknowledged turns are dropped (counted, logged)
+    max_bytes: int = field(default=64 * 1024 * 1024, metadata={"range": (1024 * 1024, None)})
+    # fdatasync every record and ack before going on (off: faster, but a power cut may lose turns)
+    fsync: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,108 +174,3 @@ class DaemonConfig:
         if self.device_id:
             return self.device_id
         return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "edged"
-
-
-def pipeline_params(data: Any) -> PipelineParams:
-    """``pipeline`` section: optional ``preset`` name plus any PipelineParams field."""
-    if data is None:
-        return PRESETS["ami"]
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"pipeline must be a mapping of keys, got {type(data).__name__} {data!r}")
-    values = dict(data)
-    preset = values.pop("preset", "ami")
-    if preset not in PRESETS:
-        raise ConfigError(f"pipeline.preset={preset!r} is not allowed; choose one of {', '.join(PRESETS)}")
-    try:
-        return PipelineParams.preset(preset, **values)
-    except (ConfigError, ValueError, TypeError) as exc:
-        raise ConfigError(f"pipeline: {exc}") from None
-
-
-def config_from_mapping(data: Any) -> DaemonConfig:
-    """Validate a parsed YAML document into a DaemonConfig."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"the config must be a mapping of sections, got {type(data).__name__}")
-    values = dict(data)
-    params = pipeline_params(values.pop("pipeline", None))
-    config = build(DaemonConfig, values, "")
-    device_id = config.device_id
-    if device_id is not None and not _DEVICE_ID.match(device_id):
-        raise ConfigError(f"device_id={device_id!r} is not allowed; use 1-64 letters, digits, _ or -")
-    return DaemonConfig(device_id=device_id, audio=config.audio, models=config.models, pipeline=params,
-                        mqtt=config.mqtt, spool=config.spool, logging=config.logging)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse a YAML config file; one-line ConfigError naming the file on any problem."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; copy config/edged.yaml there or pass --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def env_overrides(environ: Mapping[str, str]) -> list[str]:
-    """``EDGED__MQTT__PORT=1884`` -> ``mqtt.port=1884`` (sorted, for a stable precedence)."""
-    out = []
-    for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-            key = ".".join(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
-            out.append(f"{key}={environ[name]}")
-    return out
-
-
-def load_config(
-    path: Path | None = None,
-    overrides: Sequence[str] = (),
-    environ: Mapping[str, str] | None = None,
-) -> DaemonConfig:
-    """File (if given) < environment ``EDGED__*`` < ``overrides`` (``section.key=value``)."""
-    data = read_yaml(path) if path is not None else {}
-    environ = os.environ if environ is None else environ
-    for item in [*env_overrides(environ), *overrides]:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        set_path(data, key.strip(), value)
-    return config_from_mapping(data)
-
-
-def pipeline_to_yaml(params: PipelineParams) -> str:
-    """A ``pipeline:`` YAML fragment for these parameters."""
-    return yaml.safe_dump({"pipeline": params.to_dict()}, sort_keys=False)
-
-
-def config_to_dict(config: Any, redact: bool = True) -> Any:
-    """Plain YAML-ready data of a config (Paths as strings, tuples as lists, secrets redacted)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(config):
-        out = {}
-        for f in dataclasses.fields(config):
-            value = getattr(config, f.name)
-            if redact and f.metadata.get("secret") and value is not None:
-                out[f.name] = "<redacted>"
-            else:
-                out[f.name] = config_to_dict(value, redact)
-        return out
-    if isinstance(config, (tuple, list)):
-        return [config_to_dict(v, redact) for v in config]
-    if isinstance(config, Path):
-        return str(config)
-    return config

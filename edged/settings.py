@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from .errors import ConfigError
+from edged.config import DaemonConfig
+from edged.diarize.params import PRESETS, PipelineParams
+from edged.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -177,3 +181,113 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         rows.append((key, _kind(tp), default))
     return rows
+
+
+# ---- the daemon's config file ------------------------------------------------------------
+
+DEFAULT_PATH = Path("/etc/edged/config.yaml")
+ENV_PREFIX = "EDGED__"
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def pipeline_params(data: Any) -> PipelineParams:
+    """``pipeline`` section: optional ``preset`` name plus any PipelineParams field."""
+    if data is None:
+        return PRESETS["ami"]
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"pipeline must be a mapping of keys, got {type(data).__name__} {data!r}")
+    values = dict(data)
+    preset = values.pop("preset", "ami")
+    if preset not in PRESETS:
+        raise ConfigError(f"pipeline.preset={preset!r} is not allowed; choose one of {', '.join(PRESETS)}")
+    try:
+        return PipelineParams.preset(preset, **values)
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise ConfigError(f"pipeline: {exc}") from None
+
+
+def config_from_mapping(data: Any) -> DaemonConfig:
+    """Validate a parsed YAML document into a DaemonConfig."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the config must be a mapping of sections, got {type(data).__name__}")
+    values = dict(data)
+    params = pipeline_params(values.pop("pipeline", None))
+    config = build(DaemonConfig, values, "")
+    device_id = config.device_id
+    if device_id is not None and not _DEVICE_ID.match(device_id):
+        raise ConfigError(f"device_id={device_id!r} is not allowed; use 1-64 letters, digits, _ or -")
+    return DaemonConfig(device_id=device_id, audio=config.audio, models=config.models, pipeline=params,
+                        mqtt=config.mqtt, spool=config.spool, logging=config.logging)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML config file; one-line ConfigError naming the file on any problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; copy config/edged.yaml there or pass --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[str]:
+    """``EDGED__MQTT__PORT=1884`` -> ``mqtt.port=1884`` (sorted, for a stable precedence)."""
+    out = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            key = ".".join(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+            out.append(f"{key}={environ[name]}")
+    return out
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> DaemonConfig:
+    """File (if given) < environment ``EDGED__*`` < ``overrides`` (``section.key=value``)."""
+    data = read_yaml(path) if path is not None else {}
+    environ = os.environ if environ is None else environ
+    for item in [*env_overrides(environ), *overrides]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        set_path(data, key.strip(), value)
+    return config_from_mapping(data)
+
+
+def pipeline_to_yaml(params: PipelineParams) -> str:
+    """A ``pipeline:`` YAML fragment for these parameters."""
+    return yaml.safe_dump({"pipeline": params.to_dict()}, sort_keys=False)
+
+
+def config_to_dict(config: Any, redact: bool = True) -> Any:
+    """Plain YAML-ready data of a config (Paths as strings, tuples as lists, secrets redacted)."""
+    if dataclasses.is_dataclass(config):
+        out = {}
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if redact and f.metadata.get("secret") and value is not None:
+                out[f.name] = "<redacted>"
+            else:
+                out[f.name] = config_to_dict(value, redact)
+        return out
+    if isinstance(config, (tuple, list)):
+        return [config_to_dict(v, redact) for v in config]
+    if isinstance(config, Path):
+        return str(config)
+    return config

@@ -17,13 +17,13 @@ import onnxruntime
 import torch
 
 import edged
-from edged.audio import read_audio
-from edged.bundle import FORMAT_NAME, MANIFEST_NAME, MANIFEST_VERSION, load_bundle, read_manifest, sha256_file
+from edged.sources.file import read_audio
+from edged.models.bundle import FORMAT_NAME, MANIFEST_NAME, MANIFEST_VERSION, load_bundle, read_manifest, sha256_file
 from edged.errors import BundleError
-from edged.features import Fbank, FbankConfig
-from edged.runtime import create_session
-from edged.frames import FrameGrid
-from edged.weights import embedding_weights
+from edged.dsp.features import Fbank, FbankConfig
+from edged.models.runtime import create_session
+from edged.dsp.frames import FrameGrid
+from edged.models.weights import embedding_weights
 
 from . import embedding as emb
 from . import parity, quantize, segmentation as seg, timing

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged.bundle import sha256_file
+from edged.models.bundle import sha256_file
 
 from .errors import ExportError
 

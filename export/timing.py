@@ -8,7 +8,7 @@ from typing import Mapping
 
 import numpy as np
 
-from edged.runtime import create_session
+from edged.models.runtime import create_session
 
 
 def median_ms(path: Path, inputs: Mapping[str, np.ndarray], runs: int = 15, warmup: int = 3) -> dict[str, float]:

@@ -9,7 +9,7 @@ The GRU + projection network is exported as a single ONNX step
 manifest's optional ``clustering.uisrnn`` section with the file's size and sha256.
 
 Gates before the bundle is touched: the ONNX step equals the PyTorch step (max |diff| <= 1e-4),
-and the edge decoder (``edged.uisrnn``, offline) returns the same labels as
+and the edge decoder (``edged.diarize.uisrnn``, offline) returns the same labels as
 ``UISRNN.predict(test_iteration=1)`` up to renaming on the parity sequences.
 """
 
@@ -29,9 +29,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edged.bundle import MANIFEST_NAME, load_bundle, read_manifest, sha256_file
+from edged.models.bundle import MANIFEST_NAME, load_bundle, read_manifest, sha256_file
 from edged.errors import EdgedError
-from edged.hyperparams import PipelineParams
+from edged.diarize.params import PipelineParams
 
 from .errors import ExportError, ParityError
 from .uisrnn_data import LabelledSequence
@@ -258,7 +258,7 @@ def section(model, path: Path, options: TrainOptions, training: dict[str, Any], 
         "input_scale": input_scale(options, dim),
         "init_hidden": [[float(v) for v in row] for row in model.rnn_init_hidden.detach().cpu().numpy()[:, 0, :]],
         "observations": "one per active local speaker per step, ordered by the centre of its activity "
-                        "(edged.uisrnn.step_observations)",
+                        "(edged.diarize.uisrnn.step_observations)",
         "training": training,
         "options": asdict(options),
         "tools": {"torch": torch.__version__, "uisrnn": _version("uisrnn")},
@@ -326,7 +326,7 @@ def same_up_to_renaming(a: Sequence[int], b: Sequence[int]) -> bool:
 
 def decoder_parity(model, network, sequences: Sequence[np.ndarray], beam: int = 10) -> dict[str, Any]:
     """Reference ``predict`` (look_ahead 1, test_iteration 1) vs the edge decoder offline."""
-    from edged.uisrnn import UISRNNDecoder
+    from edged.diarize.uisrnn import UISRNNDecoder
 
     _, _, inference_args = arguments(model.observation_dim, TrainOptions(), beam)
     decoder = UISRNNDecoder(network, beam_size=beam, lag=None, max_speakers=1 << 20)
@@ -348,8 +348,8 @@ def decoder_parity(model, network, sequences: Sequence[np.ndarray], beam: int = 
 def stage(model, path: Path, options: TrainOptions, training: dict[str, Any], opset: int = 17):
     """Export to ``path`` (ONNX parity gate), then the manifest entry and the edge network over
     that file: ``(entry, UISRNNNetwork)``; the entry's ``path`` is the file name."""
-    from edged.bundle import ModelFile, UISRNNInfo
-    from edged.uisrnn import UISRNNNetwork
+    from edged.models.bundle import ModelFile, UISRNNInfo
+    from edged.diarize.uisrnn import UISRNNNetwork
 
     diff = export_onnx(model, path, opset)
     if not diff <= ONNX_TOLERANCE:
@@ -398,7 +398,7 @@ class UISRNNExport:
 
 def build_sequences(job: UISRNNExport) -> list[LabelledSequence]:
     """Training sequences from the recordings and synthesized conversations, with the bundle's models."""
-    from edged.models import load_models
+    from edged.models.blocks import load_models
 
     from . import uisrnn_data as data
 

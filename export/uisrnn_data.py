@@ -2,7 +2,7 @@
 
 A recording is cut into the pipeline's windows (``RollingBuffer``: duration/step of the
 parameters, the stream's end padded by ``end_padding``), segmented and embedded exactly as
-``StreamingDiarizer`` does, and every observation the edge back-end would decode (``edged.uisrnn.step_observations``: one per active local
+``StreamingDiarizer`` does, and every observation the edge back-end would decode (``edged.diarize.uisrnn.step_observations``: one per active local
 speaker, ordered by the centre of its activity) is labelled with the reference speaker that
 overlaps its active frames most (frame centres inside reference turns). An observation over no
 reference speech gets the empty label and purity 0; training drops observations below a purity.
@@ -22,12 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
-from edged.audio import read_audio
-from edged.buffer import RollingBuffer
-from edged.hyperparams import PipelineParams
-from edged.models import Models
-from edged.pipeline import LOCAL_THRESHOLD, end_padding
-from edged.uisrnn import step_observations
+from edged.sources.file import read_audio
+from edged.dsp.buffer import RollingBuffer
+from edged.diarize.params import PipelineParams
+from edged.models.blocks import Models
+from edged.diarize.pipeline import LOCAL_THRESHOLD, end_padding
+from edged.diarize.uisrnn import step_observations
 
 from .errors import ExportError
 

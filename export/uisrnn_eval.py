@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edged.hyperparams import PipelineParams
+from edged.diarize.params import PipelineParams
 
 EVAL = {  # uri -> (folder, reference, uem)
     "dev00": ("ami-debug", "ami-debug/reference.rttm", "ami-debug/reference.uem"),
@@ -70,7 +70,7 @@ def matched_agreement(a: np.ndarray, b: np.ndarray) -> int:
 def agreement_vs_lag(network, sequences, lags: Sequence[int], beam: int) -> list[dict[str, Any]]:
     """Online (fixed lag) vs offline labels, two ways: one observation per step (the decoder as
     the reference sees a sequence) and the pipeline's steps (several observations per step)."""
-    from edged.uisrnn import UISRNNDecoder
+    from edged.diarize.uisrnn import UISRNNDecoder
 
     rows = []
     modes = {
@@ -96,9 +96,9 @@ def agreement_vs_lag(network, sequences, lags: Sequence[int], beam: int) -> list
 
 def run_file(models, path: Path, params: PipelineParams) -> tuple[list[tuple[str, float, float]], list[float], list[float]]:
     """The daemon's pipeline over one file in 100 ms blocks: turns, per-step clustering and total ms."""
-    from edged.audio import read_audio
-    from edged.events import TurnEvent
-    from edged.pipeline import StreamingDiarizer
+    from edged.sources.file import read_audio
+    from edged.messages import TurnEvent
+    from edged.diarize.pipeline import StreamingDiarizer
 
     wav = read_audio(path, models.sample_rate)
     diarizer = StreamingDiarizer(models, params)
@@ -138,7 +138,7 @@ def decoder_speed(network, sequences, beam: int, minutes: float, max_speakers: i
     """Time per pipeline step of the decoder alone over one long stream: the pipeline-step
     sequences one after another, each under a fresh random rotation (so new speakers keep
     coming until ``max_speakers``)."""
-    from edged.uisrnn import UISRNNDecoder
+    from edged.diarize.uisrnn import UISRNNDecoder
     from edged_export.uisrnn import random_rotation
 
     rng = np.random.default_rng(seed)
@@ -183,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--parts", default="parity,agreement,der,speed", help="figures to make (comma-separated)")
     args = p.parse_args(argv)
 
-    from edged.models import load_models
-    from edged.uisrnn import UISRNNNetwork
+    from edged.models.blocks import load_models
+    from edged.diarize.uisrnn import UISRNNNetwork
     from edged_host.inputs import load_dataset
 
     from . import uisrnn_data as data

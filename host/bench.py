@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edged.bundle import load_bundle
+from edged.models.bundle import load_bundle
 from edged.errors import EdgedError
-from edged.hyperparams import PipelineParams
+from edged.diarize.params import PipelineParams
 
 from .inputs import Dataset
 from .scoring import ErrorRates, ScoreOptions, annotation_from_turns, score_set

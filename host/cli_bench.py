@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edged.errors import EdgedError
-from edged.hyperparams import PRESETS, PipelineParams
+from edged.diarize.params import PRESETS, PipelineParams
 
 EPILOG = """\
 Inputs are matched to references by uri (the audio file name without extension). A file the UEM
@@ -78,7 +78,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def base_params(args: argparse.Namespace) -> PipelineParams:
     """``--config``'s pipeline section, else ``--preset``."""
     if args.config is not None:
-        from edged.config import pipeline_params, read_yaml
+        from edged.settings import pipeline_params, read_yaml
 
         return pipeline_params(read_yaml(args.config).get("pipeline"))
     return PipelineParams.preset(args.preset)

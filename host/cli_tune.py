@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edged.errors import EdgedError
-from edged.hyperparams import PipelineParams
+from edged.diarize.params import PipelineParams
 
 from .cli_bench import add_data_arguments, base_params
 

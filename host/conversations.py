@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.audio import read_audio
+from edged.sources.file import read_audio
 from edged.errors import EdgedError
 
 SAMPLE_RATE = 16000
@@ -318,7 +318,7 @@ def write_conversation(conv: Conversation, folder: Path) -> tuple[Path, Path]:
     """``<name>.wav`` (16-bit PCM, 16 kHz) and ``<name>.rttm`` (the exact reference)."""
     import soundfile as sf
 
-    from edged.events import format_rttm
+    from edged.messages import format_rttm
 
     folder.mkdir(parents=True, exist_ok=True)
     wav = folder / f"{conv.name}.wav"

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edged.events import format_rttm
+from edged.messages import format_rttm
 
 
 class _Turn(NamedTuple):

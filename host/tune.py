@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.errors import EdgedError
-from edged.hyperparams import PipelineParams
+from edged.diarize.params import PipelineParams
 
 from .bench import Runner, bundle_hashes, evaluate
 from .inputs import Dataset

@@ -59,7 +59,7 @@ def init_worker(models_dir: str, variant: str) -> None:
     """Pool initializer: Ctrl-C is left to the parent (which stops the pool cleanly); load models."""
     global _MODELS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from edged.models import load_models
+    from edged.models.blocks import load_models
 
     _MODELS = load_models(models_dir, variant, threads=THREADS)
 
@@ -68,10 +68,10 @@ def run_file(path: str, uri: str, params: dict[str, Any]) -> FileResult:
     """Stream one file through StreamingDiarizer in 100 ms blocks; return turns and timings."""
     import numpy as np
 
-    from edged.audio import read_audio
-    from edged.events import TurnEvent
-    from edged.hyperparams import PipelineParams
-    from edged.pipeline import StreamingDiarizer
+    from edged.sources.file import read_audio
+    from edged.messages import TurnEvent
+    from edged.diarize.params import PipelineParams
+    from edged.diarize.pipeline import StreamingDiarizer
 
     if _MODELS is None:
         raise RuntimeError("worker not initialised; call init_worker first")

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 MODELS=${EDGED_MODELS:-models/default}
 PY=.venv/bin/python
-if ! "$PY" -c "from edged.bundle import load_bundle; load_bundle('$MODELS')" 2>/dev/null; then
+if ! "$PY" -c "from edged.models.bundle import load_bundle; load_bundle('$MODELS')" 2>/dev/null; then
     .venv/bin/edged-export --quantize --out "$MODELS"
 fi
 AUDIO=${DEMO_AUDIO:-$("$PY" -c 'import importlib.util as u, pathlib; print(pathlib.Path(u.find_spec("pyannote.audio").origin).parent / "sample" / "sample.wav")')}

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from edged.aggregation import DelayedAggregator, aggregate_frames, blend_decisions
-from edged.buffer import RollingBuffer
-from edged.frames import SEGMENTATION_FRAMES as G, FrameGrid
+from edged.diarize.aggregation import DelayedAggregator, aggregate_frames, blend_decisions
+from edged.dsp.buffer import RollingBuffer
+from edged.dsp.frames import SEGMENTATION_FRAMES as G, FrameGrid
 
 F = 293  # segmentation frames per 5 s chunk
 STEP, DURATION = 0.5, 5.0

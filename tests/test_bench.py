@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.bundle import MANIFEST_NAME
+from edged.models.bundle import MANIFEST_NAME
 from edged_host.cli_bench import main as bench_main
 from edged_host.conversations import ConversationSpec, build_set
 from edged_host.inputs import load_dataset
@@ -79,11 +79,11 @@ def test_bench_report_figures_and_hypotheses(subset, bundle, tmp_path, capsys):
 def test_bench_runs_the_daemon_pipeline_unchanged(bundle, data_dir, tmp_path):
     """Same turns as the daemon's code path (`edged diarize`: 100 ms file blocks through
     StreamingDiarizer.run, RTTM by format_rttm) on the same file and settings."""
-    from edged.audio import file_blocks
-    from edged.events import TurnEvent, format_rttm
-    from edged.hyperparams import PipelineParams
-    from edged.models import load_models
-    from edged.pipeline import StreamingDiarizer
+    from edged.sources.file import file_blocks
+    from edged.messages import TurnEvent, format_rttm
+    from edged.diarize.params import PipelineParams
+    from edged.models.blocks import load_models
+    from edged.diarize.pipeline import StreamingDiarizer
 
     out = tmp_path / "bench"
     falcon = data_dir / "falcon"

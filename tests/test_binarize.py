@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edged.binarize import Activity, Binarizer, Turn
-from edged.frames import FrameGrid
+from edged.diarize.binarize import Activity, Binarizer, Turn
+from edged.dsp.frames import FrameGrid
 
 GRID = FrameGrid(start=0.0, step=0.1, duration=0.1)  # frame i owns [0.1 i, 0.1 i + 0.1)
 
@@ -169,11 +169,11 @@ def test_matches_pyannote_binarize(seed, min_on, min_off):
 
 @pytest.mark.parametrize("latency", [0.5, 2.0, 5.0])
 def test_blocks_end_to_end_recover_synthetic_turns(latency):
-    from edged.aggregation import DelayedAggregator
-    from edged.buffer import RollingBuffer
-    from edged.clustering import IncrementalClustering
-    from edged.frames import SEGMENTATION_FRAMES as seg_frames
-    from edged.hyperparams import PipelineParams
+    from edged.diarize.aggregation import DelayedAggregator
+    from edged.dsp.buffer import RollingBuffer
+    from edged.diarize.clustering import IncrementalClustering
+    from edged.dsp.frames import SEGMENTATION_FRAMES as seg_frames
+    from edged.diarize.params import PipelineParams
 
     truth = [(0, 0.3, 4.1), (1, 4.6, 9.0), (0, 8.5, 12.2), (2, 13.0, 19.5), (1, 20.0, 21.4)]
     sr, total = 16000, 22.3

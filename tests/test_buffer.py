@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from edged.buffer import Chunk, RollingBuffer
+from edged.dsp.buffer import Chunk, RollingBuffer
 
 SR = 1000  # small rate: windows of 5000 samples, hop 500
 

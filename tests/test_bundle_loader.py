@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from edged.bundle import MANIFEST_NAME, MANIFEST_VERSION, BundleError, load_bundle
+from edged.models.bundle import MANIFEST_NAME, MANIFEST_VERSION, BundleError, load_bundle
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-import edged.capture as capture
-from edged.capture import (AlsaCapture, AudioConfig, CaptureStats, InputDevice, check_device, list_devices,
+import edged.sources.alsa as capture
+from edged.sources.alsa import (AlsaCapture, AudioConfig, CaptureStats, InputDevice, check_device, list_devices,
                            resolve_device)
 from edged.errors import AudioError
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from edged.clustering import Assignment, IncrementalClustering, to_global
-from edged.frames import FBANK_FRAMES, SEGMENTATION_FRAMES
-from edged.weights import overlap_aware_weights, resample_weights
+from edged.diarize.clustering import Assignment, IncrementalClustering, to_global
+from edged.dsp.frames import FBANK_FRAMES, SEGMENTATION_FRAMES
+from edged.models.weights import overlap_aware_weights, resample_weights
 
 DIM = 192
 FRAMES = 293
@@ -238,7 +238,7 @@ def test_bad_inputs():
         clu.identify(np.ones((10, 3)), np.eye(3, 8))
 
 
-# ---- overlap-aware embedding weights (edged.weights) ----
+# ---- overlap-aware embedding weights (edged.models.weights) ----
 
 
 def test_overlap_aware_weights_formula():
@@ -279,7 +279,7 @@ def test_resample_weights_onto_fbank_frames():
 
 
 def test_embedding_weights_is_penalty_then_resampling():
-    from edged.weights import embedding_weights
+    from edged.models.weights import embedding_weights
 
     seg = np.random.default_rng(1).random((FRAMES, 3))
     expected = resample_weights(overlap_aware_weights(seg, gamma=2.0, beta=5.0).T, 498)

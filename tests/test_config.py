@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edged.config import config_to_dict, load_config
+from edged.settings import config_to_dict, load_config
 from edged.errors import ConfigError
-from edged.hyperparams import PRESETS
+from edged.diarize.params import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from edged.binarize import Activity, Turn
-from edged.events import ActivityEvent, TurnEvent, format_rttm, speaker_label
+from edged.diarize.binarize import Activity, Turn
+from edged.messages import ActivityEvent, TurnEvent, format_rttm, speaker_label
 
 
 def test_turn_event_from_turn_and_round_trip():

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from edged.bundle import MANIFEST_NAME, load_bundle, sha256_file
-from edged.runtime import create_session
+from edged.models.bundle import MANIFEST_NAME, load_bundle, sha256_file
+from edged.models.runtime import create_session
 
 
 @pytest.fixture(scope="module")

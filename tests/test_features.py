@@ -1,4 +1,4 @@
-"""Tests of edged.features: Kaldi fbank parity with torchaudio, shapes, errors.
+"""Tests of edged.dsp.features: Kaldi fbank parity with torchaudio, shapes, errors.
 
 Parity tests need torchaudio (host only) and are skipped without it; the rest needs numpy only.
 Measured max |numpy - torchaudio| on log-mel values: 4.2e-4 on the 30 s sample (2.0e-4 against
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.features import Fbank, FbankConfig, RollingFbank
+from edged.dsp.features import Fbank, FbankConfig, RollingFbank
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGED_DATA", ROOT.parent / "shared" / "data"))
@@ -296,5 +296,5 @@ def test_rolling_silence_and_bad_input():
 
 
 def test_module_imports_no_torch():
-    code = "import sys, edged.features; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, edged.dsp.features; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from edged.hyperparams import PRESETS, PipelineParams
+from edged.diarize.params import PRESETS, PipelineParams
 
 
 def test_defaults_are_the_ami_preset():

@@ -21,9 +21,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edged.errors import ConfigError, EdgedError
-from edged.mqtt import MqttConfig, MqttPublisher, check_broker, discovery, resolve_password
+from edged.delivery.mqtt import MqttConfig, MqttPublisher, check_broker, discovery, resolve_password
 from edged.settings import build
-from edged.spool import HEADER, Spool, SpoolConfig, scan_records
+from edged.delivery.spool import HEADER, Spool, SpoolConfig, scan_records
 from mosquitto import Mosquitto, V311OnlyProxy, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,8 +209,8 @@ def test_broker_restarted_mid_stream(started, spool):
 PUBLISHER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from edged.mqtt import MqttConfig, MqttPublisher
-    from edged.spool import Spool, SpoolConfig
+    from edged.delivery.mqtt import MqttConfig, MqttPublisher
+    from edged.delivery.spool import Spool, SpoolConfig
 
     port, path, first, count = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     finish = sys.argv[5] == "finish"
@@ -433,7 +433,7 @@ def test_corrupt_spool_record_is_skipped_and_the_rest_sent(broker, tmp_path, cap
     data[offset + HEADER.size + 3] ^= 0x20
     segment.write_bytes(bytes(data))
     sub = Subscriber(broker.port, ["edged/dev/turn"])
-    with caplog.at_level(logging.WARNING, logger="edged.spool"), Spool(SpoolConfig(path=path)) as s:
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.spool"), Spool(SpoolConfig(path=path)) as s:
         pub = MqttPublisher(config_for(broker), "dev", s)
         pub.start()
         try:
@@ -554,7 +554,7 @@ def test_turn_refused_by_the_broker_leaves_the_spool_counted(tmp_path, spool, ca
     broker = Mosquitto(tmp_path / "acl-broker", acl="topic readwrite edged/dev/status\n").start()
     pub = MqttPublisher(config_for(broker), "dev", spool)
     try:
-        with caplog.at_level(logging.WARNING, logger="edged.mqtt"):
+        with caplog.at_level(logging.WARNING, logger="edged.delivery.mqtt"):
             pub.start()
             pub.publish_turn(turn(0))
             wait_for(lambda: spool.depth == 0, TIMEOUT, what="the refused turn leaving the spool")

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from edged.notify import Notifier
+from edged.service.notify import Notifier
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edged.audio import file_blocks, paced, pcm_blocks, read_audio
+from edged.sources.file import file_blocks, paced, pcm_blocks, read_audio
 from edged.errors import AudioError
-from edged.events import ActivityEvent, TurnEvent
-from edged.hyperparams import PipelineParams
-from edged.models import load_models
-from edged.pipeline import StreamingDiarizer
+from edged.messages import ActivityEvent, TurnEvent
+from edged.diarize.params import PipelineParams
+from edged.models.blocks import load_models
+from edged.diarize.pipeline import StreamingDiarizer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from edged.errors import AudioError
-from edged.replay import FileReplay
+from edged.sources.replay import FileReplay
 
 
 def test_replays_every_sample_in_order_at_the_requested_pace(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from edged.resample import StreamResampler
+from edged.dsp.resample import StreamResampler
 
 RATES = [(48000, 16000), (44100, 16000), (32000, 16000), (22050, 16000), (8000, 16000),
          (96000, 16000), (11025, 16000), (16000, 44100), (16000, 16000)]

@@ -7,14 +7,14 @@ import logging
 import numpy as np
 import pytest
 
-from edged.bundle import load_bundle
+from edged.models.bundle import load_bundle
 from edged.errors import BundleError
-from edged.runtime import create_session
+from edged.models.runtime import create_session
 
 
 def test_missing_provider_falls_back_to_cpu(bundle, caplog):
     path = load_bundle(bundle, variants=("int8",)).model("segmentation", "int8").path
-    with caplog.at_level(logging.WARNING, logger="edged.runtime"):
+    with caplog.at_level(logging.WARNING, logger="edged.models.runtime"):
         session = create_session(path, providers=("TensorrtExecutionProvider", "CUDAExecutionProvider"))
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert "TensorrtExecutionProvider is not available here; falling back to CPUExecutionProvider" in caplog.text

@@ -17,7 +17,7 @@ import pytest
 
 from edged.errors import ConfigError, EdgedError
 from edged.settings import build
-from edged.spool import HEADER, MAGIC, Spool, SpoolConfig, SpoolError, scan_records
+from edged.delivery.spool import HEADER, MAGIC, Spool, SpoolConfig, SpoolError, scan_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_ack_log_is_compacted(spool_dir):
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from edged.spool import Spool, SpoolConfig
+    from edged.delivery.spool import Spool, SpoolConfig
     spool = Spool(SpoolConfig(path=Path(sys.argv[1]), max_bytes=1024 * 1024))
     i = 0
     while True:
@@ -163,7 +163,7 @@ def test_torn_tail_is_skipped_with_a_warning(spool_dir, caplog):
     size = seg.stat().st_size
     with open(seg, "r+b") as f:
         f.truncate(size - 7)  # the last record torn, as by a power cut mid-write
-    with caplog.at_level(logging.WARNING, logger="edged.spool"):
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.spool"):
         spool = open_spool(spool_dir)
     with spool:
         assert [r["seq"] for r in spool.pending()] == [1, 2, 3, 4]
@@ -184,7 +184,7 @@ def test_flipped_byte_skips_one_record_and_keeps_the_rest(spool_dir, caplog):
     _, offset, length = records[2]  # seq 3
     data[offset + HEADER.size + 5] ^= 0x40
     seg.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="edged.spool"):
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.spool"):
         spool = open_spool(spool_dir)
     with spool:
         assert [r["seq"] for r in spool.pending()] == [1, 2, 4, 5]
@@ -217,7 +217,7 @@ def test_corrupt_ack_entry_means_the_record_is_sent_again(spool_dir, caplog):
     assert len(data) == 24
     data[12] ^= 0x01  # the entry of seq 2
     acks.write_bytes(bytes(data) + b"\x07\x00")  # plus a torn entry
-    with caplog.at_level(logging.WARNING, logger="edged.spool"):
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.spool"):
         spool = open_spool(spool_dir)
     with spool:
         assert [r["seq"] for r in spool.pending()] == [2, 3]
@@ -230,7 +230,7 @@ def test_corrupt_ack_entry_means_the_record_is_sent_again(spool_dir, caplog):
 
 def test_full_spool_drops_the_oldest_unacknowledged_records(spool_dir, caplog):
     max_bytes = 8 * 1024  # 1 KiB segments
-    with caplog.at_level(logging.WARNING, logger="edged.spool"):
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.spool"):
         spool = open_spool(spool_dir, max_bytes=max_bytes)
         with spool:
             for i in range(300):

@@ -34,7 +34,7 @@ def test_edge_modules_import_without_torch():
     proc = run_blocked(
         """
         import pkgutil, importlib, edged
-        names = [m.name for m in pkgutil.iter_modules(edged.__path__, "edged.")]
+        names = [m.name for m in pkgutil.walk_packages(edged.__path__, "edged.")]
         for name in names:
             importlib.import_module(name)
         assert not any(m.split(".")[0] in ("torch", "pyannote") for m in sys.modules)
@@ -48,8 +48,8 @@ def test_bundle_runs_without_torch(exported_bundle, data_dir):
     proc = run_blocked(
         f"""
         import numpy as np
-        from edged.audio import read_audio
-        from edged.models import load_models
+        from edged.sources.file import read_audio
+        from edged.models.blocks import load_models
         models = load_models({str(exported_bundle)!r}, "int8")
         wav = read_audio({str(data_dir / "sample" / "sample.wav")!r})[:80000]
         act = models.segmentation(wav)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edged.hyperparams import PipelineParams
+from edged.diarize.params import PipelineParams
 from edged_host.cli_tune import main as tune_main
 from edged_host.conversations import ConversationSpec, build_set
 
@@ -65,7 +65,7 @@ def test_sqlite_trials_fragment_and_resume(conv, bundle, tmp_path, capsys):
     assert first["baseline"] and first["params"] == {k: getattr(base, k) for k in ("tau_active", "rho_update", "delta_new")}
     assert result["best"]["der"] <= result["baseline"]["der"] == first["der"]
     # the fragment drops into an edged config: its pipeline section loads to the best parameters
-    from edged.config import pipeline_params
+    from edged.settings import pipeline_params
 
     fragment = yaml.safe_load((out / "best-pipeline.yaml").read_text())
     params = pipeline_params(fragment["pipeline"])

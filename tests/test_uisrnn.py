@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from edged.bundle import MANIFEST_NAME, BundleError, load_bundle
+from edged.models.bundle import MANIFEST_NAME, BundleError, load_bundle
 from edged.errors import ConfigError
-from edged.hyperparams import PipelineParams
+from edged.diarize.params import PipelineParams
 
 DIM, HIDDEN = 8, 16
 
@@ -79,7 +79,7 @@ def test_same_up_to_renaming():
 
 
 def test_fixed_lag_commits_after_lag_and_converges(toy):
-    from edged.uisrnn import UISRNNDecoder
+    from edged.diarize.uisrnn import UISRNNDecoder
 
     _, _, network = toy
     sequences = [s.embeddings for s in _toy_sequences(6, seed=3)]
@@ -103,7 +103,7 @@ def test_fixed_lag_commits_after_lag_and_converges(toy):
 
 
 def test_labels_within_a_step_differ_and_speakers_are_capped(toy):
-    from edged.uisrnn import UISRNNDecoder
+    from edged.diarize.uisrnn import UISRNNDecoder
 
     _, _, network = toy
     x = _toy_sequences(1, seed=4)[0].embeddings
@@ -123,7 +123,7 @@ def test_labels_within_a_step_differ_and_speakers_are_capped(toy):
 
 def test_bounded_state_on_a_long_stream(toy):
     """A long stream: hypotheses <= beam, speakers <= cap, pending steps <= lag + 1 at every step."""
-    from edged.uisrnn import UISRNNDecoder
+    from edged.diarize.uisrnn import UISRNNDecoder
 
     _, _, network = toy
     rng = np.random.default_rng(5)
@@ -176,7 +176,7 @@ def test_cli_adds_a_verified_section(uisrnn_bundle):
 def test_saved_reference_model_matches_the_exported_decoder(uisrnn_bundle):
     """The host-only reference model saved next to the ONNX step (for the parity benchmark)
     decodes like the edge decoder over the bundle's ONNX file."""
-    from edged.uisrnn import UISRNNNetwork
+    from edged.diarize.uisrnn import UISRNNNetwork
     from edged_export.uisrnn import decoder_parity, load_reference
 
     bundle = load_bundle(uisrnn_bundle, variants=("int8",))
@@ -246,7 +246,7 @@ def test_bundle_without_section_stays_valid(section_copy):
 # --- the daemon switch -----------------------------------------------------------------------
 
 def test_config_switch():
-    from edged.config import load_config, pipeline_params
+    from edged.settings import load_config, pipeline_params
 
     p = pipeline_params({"clustering": "uisrnn", "uisrnn_lag": 2, "uisrnn_beam": 4})
     assert (p.clustering, p.uisrnn_lag, p.uisrnn_beam) == ("uisrnn", 2, 4)
@@ -262,8 +262,8 @@ def test_config_switch():
 
 
 def test_uisrnn_without_model_in_bundle_is_a_config_error(bundle):
-    from edged.models import load_models
-    from edged.pipeline import StreamingDiarizer
+    from edged.models.blocks import load_models
+    from edged.diarize.pipeline import StreamingDiarizer
 
     models = load_models(bundle, "int8")
     if models.bundle.uisrnn is not None:
@@ -273,10 +273,10 @@ def test_uisrnn_without_model_in_bundle_is_a_config_error(bundle):
 
 
 def test_pipeline_runs_with_uisrnn_and_delays_by_the_lag(uisrnn_bundle, data_dir):
-    from edged.audio import read_audio
-    from edged.events import TurnEvent
-    from edged.models import load_models
-    from edged.pipeline import StreamingDiarizer
+    from edged.sources.file import read_audio
+    from edged.messages import TurnEvent
+    from edged.models.blocks import load_models
+    from edged.diarize.pipeline import StreamingDiarizer
 
     models = load_models(uisrnn_bundle, "int8")
     wav = read_audio(data_dir / "ami-debug" / "dev00.wav")[: 16000 * 15]
@@ -307,8 +307,8 @@ def test_pipeline_runs_with_uisrnn_and_delays_by_the_lag(uisrnn_bundle, data_dir
 
 def test_check_names_a_missing_uisrnn_model(bundle):
     """`edged check` fails the models line when clustering is uisrnn and the bundle lacks it."""
-    from edged.check import check_models
-    from edged.config import load_config
+    from edged.service.check import check_models
+    from edged.settings import load_config
 
     config = load_config(None, [f"models.path={bundle}", "pipeline.clustering=uisrnn"])
     with pytest.raises(ConfigError, match=r"has no UIS-RNN model; add one with edged-export uisrnn --out"):

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import edged  # noqa: F401  (pins BLAS threads before numpy)
-from edged.audio import read_audio
+from edged.sources.file import read_audio
 from edged_host.scoring import annotation_from_turns, load_rttm, prepare, score_file
 
 DER_TOLERANCE = 0.1  # DER points

@@ -106,7 +106,7 @@ if [ "$(uname -m)" != aarch64 ]; then
 fi
 
 # ---- the bundle ----------------------------------------------------------------------------
-if ! "$PY" -c "import sys; from edged.bundle import load_bundle; load_bundle(sys.argv[1])" "$MODELS" 2>/dev/null; then
+if ! "$PY" -c "import sys; from edged.models.bundle import load_bundle; load_bundle(sys.argv[1])" "$MODELS" 2>/dev/null; then
     [ "$MODELS" = models/default ] || die "--models $MODELS is not a valid bundle; export one with 'edged-export --quantize --out DIR'"
     say "exporting the int8 bundle: edged-export --quantize --out $MODELS"
     .venv/bin/edged-export --quantize --out "$MODELS"

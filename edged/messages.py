@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edged.binarize import Activity, Turn
+from edged.diarize.binarize import Activity, Turn
 
 
 def speaker_label(speaker: int) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .frames import FrameGrid
+from edged.dsp.frames import FrameGrid
 
 __all__ = ["FbankConfig", "Fbank", "RollingFbank"]
 

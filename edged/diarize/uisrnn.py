@@ -33,10 +33,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, UISRNNInfo
-from .clustering import Assignment
-from .errors import ConfigError
-from .runtime import DEFAULT_PROVIDERS, create_session
+from edged.models.bundle import Bundle, UISRNNInfo
+from edged.diarize.clustering import Assignment
+from edged.errors import ConfigError
+from edged.models.runtime import DEFAULT_PROVIDERS, create_session
 
 INPUTS = ("observation", "hidden")
 # how a speaker's prediction averages its GRU outputs: "reference" as uisrnn's predict (the

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import BundleError
+from edged.errors import BundleError
 
 MANIFEST_NAME = "manifest.json"
 # Bumped whenever the meaning of a manifest field or a model's inputs/outputs changes.

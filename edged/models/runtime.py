@@ -8,7 +8,7 @@ from typing import Sequence
 
 import onnxruntime as ort
 
-from .errors import BundleError
+from edged.errors import BundleError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import read_audio
+from edged.sources.file import read_audio
 
 
 class FileReplay:

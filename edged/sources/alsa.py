@@ -18,7 +18,7 @@ Choosing the device (YAML ``audio.device``):
 
 The device is opened at ``audio.rate``/``audio.channels`` or its defaults (rate as PortAudio
 reports it, at most 2 channels) as 16-bit PCM, mixed down to mono and resampled to 16 kHz with a
-stateful polyphase filter (``edged.resample``, the ``resample_poly`` filter without block
+stateful polyphase filter (``edged.dsp.resample``, the ``resample_poly`` filter without block
 edges). PortAudio calls back on its own thread once per ``block_ms``; the callback only
 timestamps the block and appends it to a bounded queue (``queue_seconds``), so capture never
 waits for inference. ``read()`` converts on the consumer's thread. When the consumer falls behind
@@ -51,10 +51,11 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from .errors import AudioError
-from .resample import StreamResampler
+from edged.config import AudioConfig
+from edged.errors import AudioError
+from edged.dsp.resample import StreamResampler
 
-log = logging.getLogger("edged.capture")
+log = logging.getLogger("edged.sources.alsa")
 
 CLOSE_TIMEOUT_S = 5.0  # a stream that PortAudio cannot close in this time is fatal (restart)
 _PA_LOCK = threading.RLock()  # PortAudio initialization is process-global: one thread at a time
@@ -63,41 +64,6 @@ _NOISE = re.compile(
     r"Expression '.*' failed in '|Cannot lock down|\s*$)"
 )
 _HW_NAME = re.compile(r"^(?P<plug>plug)?hw:(?:CARD=)?(?P<card>[^,]+?)(?:,(?:DEV=)?(?P<dev>\d+))?$")
-
-
-@dataclass(frozen=True)
-class AudioConfig:
-    """Where the audio comes from: a capture device (ALSA via PortAudio) or a file."""
-
-    # alsa: live capture device; file: replay `file` at wall-clock speed (demos, tests)
-    source: Literal["alsa", "file"] = "alsa"
-    # capture device: index, exact PortAudio name, hw:CARD=X,DEV=N / plughw:..., or a unique substring (`edged check` lists them)
-    device: str = "default"
-    # audio file replayed when source is file
-    file: Path | None = None
-    # device sample rate in Hz (null: the device's default rate); resampled to 16 kHz
-    rate: int | None = field(default=None, metadata={"range": (4000, 384000)})
-    # device channels (null: the device's, at most 2); mixed down to mono
-    channels: int | None = field(default=None, metadata={"range": (1, 64)})
-    # capture block (PortAudio buffer) length in milliseconds
-    block_ms: int = field(default=100, metadata={"range": (10, 1000)})
-    # seconds buffered between capture and processing; when full the oldest block is dropped (counted)
-    queue_seconds: float = field(default=10.0, metadata={"range": (0.1, 3600.0)})
-    # first wait before reopening a lost device, seconds (doubles after each failed attempt)
-    retry_min_s: float = field(default=0.5, metadata={"range": (0.01, 3600.0)})
-    # longest wait between reopen attempts, seconds
-    retry_max_s: float = field(default=30.0, metadata={"range": (0.01, 3600.0)})
-    # an open device that delivers no audio for this many seconds counts as lost
-    stall_s: float = field(default=2.0, metadata={"range": (0.1, 3600.0)})
-
-    def validate(self) -> None:
-        """Cross-field checks (ValueError, one line)."""
-        if self.retry_max_s < self.retry_min_s:
-            raise ValueError(f"retry_max_s={self.retry_max_s:g} must be >= retry_min_s={self.retry_min_s:g}")
-        if self.source == "file" and self.file is None:
-            raise ValueError("source is file but file is not set; set audio.file to a WAV/FLAC file")
-        if self.stall_s * 1000 < 2 * self.block_ms:
-            raise ValueError(f"stall_s={self.stall_s:g} must cover at least two blocks ({2 * self.block_ms} ms)")
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edged.frames import FBANK_FRAMES, SEGMENTATION_FRAMES, FrameGrid
+from edged.dsp.frames import FBANK_FRAMES, SEGMENTATION_FRAMES, FrameGrid
 
 
 def overlap_aware_weights(

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from .errors import EdgedError
+from edged.errors import EdgedError
 
 
 @dataclass

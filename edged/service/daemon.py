@@ -20,14 +20,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import DaemonConfig, load_config
-from .errors import EdgedError
-from .events import ActivityEvent, TurnEvent
-from .models import Models, load_models
-from .notify import Notifier
-from .pipeline import Event, StreamingDiarizer
+from edged.config import DaemonConfig
+from edged.settings import load_config
+from edged.errors import EdgedError
+from edged.messages import ActivityEvent, TurnEvent
+from edged.models.blocks import Models, load_models
+from edged.service.notify import Notifier
+from edged.diarize.pipeline import Event, StreamingDiarizer
 
-log = logging.getLogger("edged.daemon")
+log = logging.getLogger("edged.service.daemon")
 READ_TIMEOUT_S = 0.2
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -60,10 +61,10 @@ def open_source(config: DaemonConfig, sample_rate: int, replay_speed: float = 1.
     """The configured audio source (not started)."""
     audio = config.audio
     if audio.source == "file":
-        from .replay import FileReplay
+        from edged.sources.replay import FileReplay
 
         return FileReplay(audio.file, sample_rate, audio.block_ms, speed=replay_speed)
-    from .capture import AlsaCapture
+    from edged.sources.alsa import AlsaCapture
 
     return AlsaCapture(audio, sample_rate)
 
@@ -177,8 +178,8 @@ class Daemon:
                            providers=c.models.providers, gamma=c.pipeline.gamma, beta=c.pipeline.beta)
 
     def _open_spool_and_publisher(self, c: DaemonConfig) -> None:
-        from .mqtt import MqttPublisher
-        from .spool import Spool
+        from edged.delivery.mqtt import MqttPublisher
+        from edged.delivery.spool import Spool
 
         self.spool = Spool(c.spool)
         self.publisher = MqttPublisher(c.mqtt, c.device, self.spool)

@@ -31,13 +31,13 @@ from typing import Iterable, Iterator, Union
 
 import numpy as np
 
-from .aggregation import DelayedAggregator, blend_decisions
-from .binarize import Binarizer
-from .buffer import Chunk, RollingBuffer
-from .clustering import IncrementalClustering
-from .events import ActivityEvent, TurnEvent
-from .hyperparams import PipelineParams
-from .models import Models
+from edged.diarize.aggregation import DelayedAggregator, blend_decisions
+from edged.diarize.binarize import Binarizer
+from edged.dsp.buffer import Chunk, RollingBuffer
+from edged.diarize.clustering import IncrementalClustering
+from edged.messages import ActivityEvent, TurnEvent
+from edged.diarize.params import PipelineParams
+from edged.models.blocks import Models
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class StreamingDiarizer:
         self.stats = StepStats()
         self.buffer = RollingBuffer(self.sample_rate, p.duration, p.step)
         if p.clustering == "uisrnn":  # assignments come uisrnn_lag steps late: see edged/uisrnn.py
-            from .uisrnn import UISRNNClustering
+            from edged.diarize.uisrnn import UISRNNClustering
 
             self.clustering = UISRNNClustering.from_bundle(
                 models.bundle, p.tau_active, p.max_speakers, p.uisrnn_lag, p.uisrnn_beam)

@@ -8,11 +8,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
-from .features import Fbank, FbankConfig, RollingFbank
-from .frames import FrameGrid
-from .runtime import DEFAULT_PROVIDERS, create_session
-from .weights import embedding_weights
+from edged.models.bundle import Bundle, load_bundle
+from edged.dsp.features import Fbank, FbankConfig, RollingFbank
+from edged.dsp.frames import FrameGrid
+from edged.models.runtime import DEFAULT_PROVIDERS, create_session
+from edged.models.weights import embedding_weights
 
 
 class SegmentationModel:

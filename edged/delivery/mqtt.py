@@ -51,9 +51,10 @@ from typing import Any, Literal
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from . import __version__
-from .errors import ConfigError, EdgedError
-from .spool import Spool
+from edged import __version__
+from edged.config import MqttConfig
+from edged.errors import ConfigError, EdgedError
+from edged.delivery.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -64,73 +65,6 @@ PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 # CONNACK "Unsupported protocol version" (MQTT 5 code; paho maps a 3.1.1 broker's code 1 to it)
 _UNSUPPORTED_PROTOCOL = 0x84
 _LOGIN_REFUSED = {0x86, 0x87, 0x8C}  # bad user name or password, not authorized, bad auth method
-_BAD_TOPIC = re.compile(r"[#+\x00]|^/|/$|//")
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """The MQTT broker, topics, credentials and TLS."""
-
-    # broker host name or IP address
-    host: str = "localhost"
-    # broker port (usually 1883, or 8883 with TLS)
-    port: int = field(default=1883, metadata={"range": (1, 65535)})
-    # topic prefix; null: edged/<device_id>
-    topic_prefix: str | None = None
-    # MQTT client id; null: edged-<device_id>
-    client_id: str | None = None
-    # MQTT protocol: auto (MQTT 5, falling back to 3.1.1 when the broker refuses 5), 5 or 3.1.1
-    protocol: Literal["auto", "5", "3.1.1"] = "auto"
-    # user name for the broker login (null: anonymous)
-    username: str | None = None
-    # password (prefer password_file or $EDGED_MQTT_PASSWORD; never logged)
-    password: str | None = field(default=None, repr=False, metadata={"secret": True})
-    # file holding the password (trailing newline ignored), e.g. a systemd credential
-    password_file: Path | None = None
-    # connect with TLS
-    tls: bool = False
-    # CA certificate(s) to verify the broker (null: the system's CAs)
-    ca_file: Path | None = None
-    # client certificate (PEM) for brokers that require one
-    cert_file: Path | None = None
-    # private key of the client certificate (null: inside cert_file)
-    key_file: Path | None = None
-    # skip the broker host-name check (the certificate chain is still verified)
-    tls_insecure: bool = False
-    # seconds between keep-alive pings; the broker publishes the last will after 1.5x this without traffic
-    keepalive: int = field(default=30, metadata={"range": (5, 3600)})
-    # seconds between stats messages
-    stats_interval: float = field(default=30.0, metadata={"range": (1.0, None)})
-    # first reconnect delay in seconds (doubles per failed attempt)
-    reconnect_min_s: float = field(default=1.0, metadata={"range": (0.1, 3600.0)})
-    # longest reconnect delay in seconds
-    reconnect_max_s: float = field(default=60.0, metadata={"range": (0.1, 3600.0)})
-    # publish Home Assistant MQTT discovery (retained)
-    homeassistant: bool = False
-    # Home Assistant discovery prefix
-    discovery_prefix: str = "homeassistant"
-
-    def validate(self) -> None:
-        if not self.host.strip():
-            raise ValueError("host is empty; set the broker's host name or IP address")
-        for name in ("topic_prefix", "discovery_prefix"):
-            value = getattr(self, name)
-            if value is not None and (not value or _BAD_TOPIC.search(value)):
-                raise ValueError(f"{name}={value!r} is not a usable topic prefix; use levels like 'edged/kitchen' "
-                                 "without +, #, or leading/trailing /")
-        if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError(f"reconnect_min_s={self.reconnect_min_s} is above reconnect_max_s="
-                             f"{self.reconnect_max_s}; lower reconnect_min_s")
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("password and password_file are both set; keep one")
-        if (self.password is not None or self.password_file is not None) and not self.username:
-            raise ValueError("a password is set but username is not; set username")
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file is set without cert_file; set cert_file too")
-        if not self.tls:
-            for name in ("ca_file", "cert_file", "key_file", "tls_insecure"):
-                if getattr(self, name):
-                    raise ValueError(f"{name} is set but tls is false; set tls: true (and usually port: 8883)")
 
 
 @dataclass(frozen=True)

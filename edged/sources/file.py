@@ -9,7 +9,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .errors import AudioError
+from edged.errors import AudioError
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

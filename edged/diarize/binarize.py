@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edged.frames import FrameGrid
+from edged.dsp.frames import FrameGrid
 
 
 @dataclass(frozen=True)

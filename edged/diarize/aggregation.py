@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from edged.frames import FrameGrid
+from edged.dsp.frames import FrameGrid
 
 STRATEGIES = ("hamming", "mean", "first")
 

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import DaemonConfig, load_config
-from .errors import ConfigError, EdgedError
+from edged.config import DaemonConfig
+from edged.settings import load_config
+from edged.errors import ConfigError, EdgedError
 
 
 def check_models(c: DaemonConfig) -> str:
-    from .models import load_models
+    from edged.models.blocks import load_models
 
     models = load_models(c.models.path, c.models.variant, threads=c.models.threads, providers=c.models.providers)
     if c.pipeline.clustering == "uisrnn" and models.bundle.uisrnn is None:
@@ -25,11 +26,11 @@ def check_models(c: DaemonConfig) -> str:
 
 def check_audio(c: DaemonConfig) -> str:
     if c.audio.source == "file":
-        from .audio import read_audio
+        from edged.sources.file import read_audio
 
         samples = read_audio(c.audio.file)
         return f"file {c.audio.file} ({len(samples) / 16000:.1f} s, replayed in real time)"
-    from .capture import check_device
+    from edged.sources.alsa import check_device
 
     detail = check_device(c.audio)
     return detail[3:] if detail.startswith("ok ") else detail
@@ -49,7 +50,7 @@ def check_spool(c: DaemonConfig) -> str:
 
 
 def check_broker(c: DaemonConfig) -> str:
-    from .mqtt import check_broker as probe
+    from edged.delivery.mqtt import check_broker as probe
 
     return probe(c.mqtt, c.device)
 

@@ -60,7 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgedError
+from edged.config import SpoolConfig
+from edged.errors import EdgedError
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +76,6 @@ _FSYNC = getattr(os, "fdatasync", os.fsync)
 
 class SpoolError(EdgedError):
     """The spool folder cannot be used (permissions, in use, disk error) or a record is unusable."""
-
-
-@dataclass(frozen=True)
-class SpoolConfig:
-    """Where turns wait for the broker's acknowledgement, and how much room they may take."""
-
-    # spool folder (created if missing; under systemd the unit's StateDirectory)
-    path: Path = Path("/var/lib/edged/spool")
-    # bound on the segment files in bytes; when full the oldest unacknowledged turns are dropped (counted, logged)
-    max_bytes: int = field(default=64 * 1024 * 1024, metadata={"range": (1024 * 1024, None)})
-    # fdatasync every record and ack before going on (off: faster, but a power cut may lose turns)
-    fsync: bool = True
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Getting turns off the device: the durable spool and the MQTT publisher."""

@@ -1,0 +1,1 @@
+"""Streaming diarization: hyper-parameters, clustering, aggregation, binarization. Pure, no I/O."""

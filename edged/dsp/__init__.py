@@ -1,0 +1,1 @@
+"""Signal processing: fbank features, the streaming resampler, the rolling buffer, frame grids."""

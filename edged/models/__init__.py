@@ -1,0 +1,1 @@
+"""Model bundle, onnxruntime sessions and the stateless model blocks."""

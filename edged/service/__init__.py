@@ -1,0 +1,1 @@
+"""The daemon and its companions: sd_notify, check, listen."""

@@ -1,0 +1,1 @@
+"""Audio sources: files, raw PCM, replay at wall-clock speed, ALSA capture."""
