@@ -13,7 +13,7 @@ Prints, and writes to ``OUTPUT/uisrnn_eval.json``:
   trained on, which must not include these recordings;
 - decoder time per pipeline step (beam 10, median and p95) over a long stream, 1 thread.
 
-A thin wrapper over ``python -m edged_export.uisrnn_eval`` (same arguments). Not named
+A thin wrapper over ``python -m edged_host.uisrnn_eval`` (same arguments). Not named
 ``uisrnn.py``: the script's folder comes first on sys.path and would hide the ``uisrnn`` package.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 
 import edged  # noqa: F401  (first: pins the BLAS pools to one thread before numpy loads)
-from edged_export.uisrnn_eval import main
+from edged_host.uisrnn_eval import main
 
 if __name__ == "__main__":
     sys.exit(main())

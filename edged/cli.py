@@ -10,17 +10,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
-from edged.sources.file import file_blocks, paced, pcm_blocks
-from edged.errors import ConfigError, EdgedError
-from edged.messages import TurnEvent, format_rttm
+from edged.config import DEFAULT_PATH
 from edged.diarize.params import PRESETS, PipelineParams
-from edged.models.blocks import load_models
-from edged.diarize.pipeline import StreamingDiarizer
-from edged.settings import DEFAULT_PATH
+from edged.errors import ConfigError, EdgedError
+
+if TYPE_CHECKING:
+    from edged.diarize.pipeline import StreamingDiarizer
+    from edged.sources.base import AudioSource
 
 log = logging.getLogger("edged")
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus: a bad config is not retried
@@ -55,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=int, default=16000, help="sample rate of raw PCM on stdin (default 16000)")
     d.add_argument("--channels", type=int, default=1, help="channels of raw PCM on stdin (default 1)")
     d.add_argument("--dtype", default="int16", choices=("int16", "int32", "float32"), help="raw PCM sample type (default int16)")
+    d.add_argument("--device-id", default="file", help="device_id written in the event records (default file)")
     d.add_argument("-v", "--verbose", action="store_true")
 
     for name, text in (("run", "run the daemon: audio -> speaker turns on MQTT (the systemd unit's ExecStart)"),
@@ -85,41 +84,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _blocks(name: str, args: argparse.Namespace, sample_rate: int) -> Iterator[np.ndarray]:
+def open_input(name: str, args: argparse.Namespace, sample_rate: int) -> AudioSource:
+    """A file, or raw PCM on stdin for ``-``; paced at wall-clock speed with ``--realtime``."""
+    from edged.sources.file import FileSource, PcmSource
+
+    speed = 1.0 if args.realtime else None
     if name == "-":
-        blocks = pcm_blocks(sys.stdin.buffer, args.rate, args.channels, args.dtype, sample_rate)
-    else:
-        blocks = file_blocks(name, sample_rate)
-    return paced(blocks, sample_rate) if args.realtime else blocks
+        return PcmSource(sys.stdin.buffer, args.rate, args.channels, args.dtype, sample_rate, speed=speed)
+    return FileSource(name, sample_rate, speed=speed)
 
 
 def diarize_one(name: str, diarizer: StreamingDiarizer, args: argparse.Namespace) -> dict:
     """Run one input through the pipeline; write its RTTM and event log; return a summary."""
+    from edged.diarize.events import TurnEvent
+    from edged.diarize.stream import diarize_source
+    from edged.messages import ActivityMessage, TurnMessage, format_rttm
+
     uri = "stdin" if name == "-" else Path(name).stem
     args.output.mkdir(parents=True, exist_ok=True)
     rttm_path = args.output / f"{uri}.rttm"
     events_path = args.output / f"{uri}.events.jsonl"
-    if args.realtime:
-        diarizer.wall_origin = time.time()
-    turns: list[TurnEvent] = []
+    source = open_input(name, args, diarizer.sample_rate)
+    turns: list[TurnMessage] = []
     started = time.perf_counter()
-    audio_samples = [0]
-
-    def counted(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        for block in blocks:
-            audio_samples[0] += len(block)
-            yield block
-
-    # Each event is written and flushed as it comes, so a crash keeps what was produced.
+    # Each record is written and flushed as it comes, so a crash keeps what was produced; the
+    # records are the daemon's MQTT payloads (no spool here: seq is the turn's stream_seq).
     with open(events_path, "w", encoding="utf-8") as log_file:
-        for event in diarizer.run(counted(_blocks(name, args, diarizer.sample_rate))):
-            log_file.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
-            log_file.flush()
+        for event in diarize_source(source, diarizer):
             if isinstance(event, TurnEvent):
-                turns.append(event)
+                message = TurnMessage.from_event(event, args.device_id, seq=event.stream_seq)
+                turns.append(message)
+                payload = message.payload()
+            else:
+                payload = ActivityMessage.from_event(event, args.device_id).payload()
+            log_file.write(json.dumps(payload, ensure_ascii=False) + "\n")
+            log_file.flush()
     elapsed = time.perf_counter() - started
     rttm_path.write_text(format_rttm(uri, turns), encoding="utf-8")
-    audio_seconds = audio_samples[0] / diarizer.sample_rate
+    audio_seconds = source.seconds_read
     return {
         "uri": uri,
         "audio_s": audio_seconds,
@@ -132,6 +134,9 @@ def diarize_one(name: str, diarizer: StreamingDiarizer, args: argparse.Namespace
 
 
 def cmd_diarize(args: argparse.Namespace) -> int:
+    from edged.diarize.pipeline import StreamingDiarizer
+    from edged.models.blocks import load_models
+
     overrides = {"clustering": args.clustering, "uisrnn_lag": args.uisrnn_lag}
     if args.latency is not None:
         overrides["latency"] = args.latency

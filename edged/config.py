@@ -14,6 +14,7 @@ from typing import Literal
 
 from edged.diarize.params import PRESETS, PipelineParams
 
+DEFAULT_PATH = Path("/etc/edged/config.yaml")
 
 @dataclass(frozen=True)
 class AudioConfig:

@@ -185,7 +185,6 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
 
 # ---- the daemon's config file ------------------------------------------------------------
 
-DEFAULT_PATH = Path("/etc/edged/config.yaml")
 ENV_PREFIX = "EDGED__"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

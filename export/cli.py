@@ -71,9 +71,9 @@ def summary(manifest: dict[str, Any], out: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["uisrnn"]:  # subcommand: train UIS-RNN and add it to an existing bundle
-        from .uisrnn import main as uisrnn_main
-
-        return uisrnn_main(argv[1:])
+        # training data comes from the host tools (recordings + RTTM, synthesized conversations):
+        # the command lives there, in its own process, so this package never imports them
+        os.execv(sys.executable, [sys.executable, "-m", "edged_host.uisrnn_train", *argv[1:]])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="edged-export: %(message)s")
     if args.opset < 17:

@@ -1,4 +1,7 @@
-"""``edged-export uisrnn``: train UIS-RNN on the edge's own embeddings and add it to a bundle.
+"""UIS-RNN for the bundle: train it on the edge's own embeddings, export it, add it to a bundle.
+
+The command (``edged-export uisrnn``, which builds the training sequences with the host tools) is
+``edged_host.uisrnn_train``.
 
 Training is the reference implementation (the ``uisrnn`` package, google/uis-rnn 0.1.2) run as
 is, with one compatibility fix for current PyTorch (``pack_sequence`` hands a reversed numpy
@@ -15,26 +18,22 @@ and the edge decoder (``edged.diarize.uisrnn``, offline) returns the same labels
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from edged.models.bundle import MANIFEST_NAME, load_bundle, read_manifest, sha256_file
-from edged.errors import EdgedError
 from edged.diarize.params import PipelineParams
 
 from .errors import ExportError, ParityError
-from .uisrnn_data import LabelledSequence
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,19 @@ ONNX_NAME = "uisrnn.onnx"
 # the trained reference model (PyTorch, host only: parity figures); the edge never opens it
 REFERENCE_NAME = "uisrnn.reference.pt"
 ONNX_TOLERANCE = 1e-4
+
+
+
+class TrainingSequence(Protocol):
+    """One labelled embedding sequence (``edged_host.uisrnn_data.LabelledSequence``)."""
+
+    name: str
+    source: str
+    embeddings: np.ndarray
+    labels: list[str]
+
+    def select(self, min_purity: float) -> tuple[np.ndarray, list[str]]:
+        ...
 
 
 @dataclass
@@ -65,8 +77,7 @@ class TrainOptions:
     # observations = embedding * input_scale (None: sqrt(dim), about unit variance per dimension)
     input_scale: float | None = None
     # randomly rotated copies of every training sequence (0: none): the GRU cannot memorise the
-    # few training speakers and must learn to track any speaker (measured: without them it fits
-    # training speakers far better than new ones)
+    # few training speakers and must learn to track any speaker
     rotations: int = 8
     seed: int = 0
     threads: int = 1
@@ -159,7 +170,7 @@ def random_rotation(dim: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def training_data(sequences: Sequence[LabelledSequence], options: TrainOptions) -> list[tuple[np.ndarray, list[str]]]:
+def training_data(sequences: Sequence[TrainingSequence], options: TrainOptions) -> list[tuple[np.ndarray, list[str]]]:
     """Scaled labelled observations of each sequence, then ``rotations`` rotated copies of each."""
     data = [s.select(options.min_purity) for s in sequences]
     data = [(x, y) for x, y in data if len(y) >= 2]
@@ -172,7 +183,7 @@ def training_data(sequences: Sequence[LabelledSequence], options: TrainOptions) 
     return data + rotated
 
 
-def train(sequences: Sequence[LabelledSequence], options: TrainOptions):
+def train(sequences: Sequence[TrainingSequence], options: TrainOptions):
     """Fit the reference UISRNN on the sequences' labelled observations; returns the model."""
     uisrnn = reference()
     data = training_data(sequences, options)
@@ -396,28 +407,9 @@ class UISRNNExport:
     cache_dir: Path | None = None
 
 
-def build_sequences(job: UISRNNExport) -> list[LabelledSequence]:
-    """Training sequences from the recordings and synthesized conversations, with the bundle's models."""
-    from edged.models.blocks import load_models
-
-    from . import uisrnn_data as data
-
-    models = load_models(job.out, job.variant, threads=1)
-    params = PipelineParams()
-    cache = None if job.cache_dir is None else job.cache_dir / "uisrnn-sequences"
-    sequences: list[LabelledSequence] = []
-    if job.train:
-        sequences += data.recordings(models, job.train, job.reference, params, cache)
-    if job.conversations is not None and job.conversation_count > 0:
-        sequences += data.conversations(models, job.conversations, job.conversation_count, params,
-                                        job.conversation_duration, seed=job.conversation_seed, cache=cache)
-    if not sequences:
-        raise ExportError("nothing to train on; pass --train AUDIO --reference RTTM and/or --conversations DIR")
-    return sequences
-
-
-def run(job: UISRNNExport) -> dict[str, Any]:
-    """Build data, train, export, check parity, then write the ONNX file and the manifest section."""
+def run(job: UISRNNExport, build_sequences: Callable[[UISRNNExport], Sequence[TrainingSequence]]) -> dict[str, Any]:
+    """Build data (``build_sequences``), train, export, check parity, then write the ONNX file and
+    the manifest section."""
     started = time.perf_counter()
     load_bundle(job.out, variants=(job.variant,))  # a bad bundle fails before any work
     reference()
@@ -456,80 +448,3 @@ def run(job: UISRNNExport) -> dict[str, Any]:
     write_section(job.out, entry)
     load_bundle(job.out, variants=(job.variant,))  # verifies the new section and its checksum
     return entry
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainOptions()
-    p = argparse.ArgumentParser(
-        prog="edged-export uisrnn",
-        description="Train UIS-RNN on embedding sequences made by the bundle's own models (recordings with "
-                    "RTTM and/or conversations synthesized from single-speaker audio), export it as ONNX and "
-                    "add it to the bundle (manifest section clustering.uisrnn).",
-        epilog="example: edged-export uisrnn --out models/default --train data/ami-debug/trn*.wav "
-               "--reference data/ami-debug/reference.rttm --conversations data/librispeech --conversation-count 24")
-    p.add_argument("--out", type=Path, required=True, help="existing bundle (made by edged-export) to add the model to")
-    p.add_argument("--train", type=Path, nargs="+", default=[], metavar="AUDIO_OR_DIR",
-                   help="training recordings (uri = file name without extension)")
-    p.add_argument("--reference", type=Path, nargs="+", default=[], metavar="RTTM",
-                   help="reference RTTM file(s) of the training recordings")
-    p.add_argument("--conversations", type=Path, default=None, metavar="DIR",
-                   help="single-speaker recordings (manifest.tsv or one folder per speaker) to synthesize conversations from")
-    p.add_argument("--conversation-count", type=int, default=24, help="synthesized conversations (default 24)")
-    p.add_argument("--conversation-duration", type=float, default=60.0, help="seconds each (default 60)")
-    p.add_argument("--conversation-seed", type=int, default=0, help="seed of the first conversation (default 0)")
-    p.add_argument("--variant", choices=("fp32", "int8"), default="int8",
-                   help="model variant whose embeddings train it: the one the daemon runs (default int8)")
-    p.add_argument("--iterations", type=int, default=d.iterations, help=f"training iterations (default {d.iterations})")
-    p.add_argument("--hidden-size", type=int, default=d.hidden_size, help=f"GRU size (default {d.hidden_size})")
-    p.add_argument("--depth", type=int, default=d.depth, help=f"GRU layers (default {d.depth})")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"Adam step (default {d.learning_rate})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per iteration (default {d.batch_size})")
-    p.add_argument("--crp-alpha", type=float, default=d.crp_alpha, help=f"CRP concentration (default {d.crp_alpha})")
-    p.add_argument("--sigma-alpha", type=float, default=d.sigma_alpha, help="inverse-gamma prior shape of sigma2")
-    p.add_argument("--sigma-beta", type=float, default=d.sigma_beta, help="inverse-gamma prior scale of sigma2")
-    p.add_argument("--rotations", type=int, default=d.rotations,
-                   help=f"randomly rotated copies of each training sequence (default {d.rotations})")
-    p.add_argument("--min-purity", type=float, default=d.min_purity,
-                   help=f"train only on observations this pure (default {d.min_purity})")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
-    p.add_argument("--parity-sequences", type=int, default=5, help="sequences checked against uisrnn predict (default 5)")
-    p.add_argument("--parity-length", type=int, default=60,
-                   help="observations of each parity sequence (its first ones; default 60)")
-    p.add_argument("--beam", type=int, default=10, help="beam size of the parity check (default 10)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="cache of extracted sequences (default: none)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log each step")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="edged-export: %(message)s")
-    warnings.filterwarnings("ignore")  # torch GRU / ONNX exporter notices; errors still raise
-    if args.train and not args.reference:
-        print("edged-export uisrnn: error: --train needs --reference RTTM for its recordings", file=sys.stderr)
-        return 2
-    options = TrainOptions(hidden_size=args.hidden_size, depth=args.depth, iterations=args.iterations,
-                           learning_rate=args.learning_rate, batch_size=args.batch_size, crp_alpha=args.crp_alpha,
-                           sigma_alpha=args.sigma_alpha, sigma_beta=args.sigma_beta, min_purity=args.min_purity,
-                           rotations=args.rotations, seed=args.seed)
-    job = UISRNNExport(out=args.out, train=args.train, reference=args.reference, conversations=args.conversations,
-                       conversation_count=args.conversation_count if args.conversations else 0,
-                       conversation_duration=args.conversation_duration, conversation_seed=args.conversation_seed,
-                       variant=args.variant, options=options, parity_sequences=args.parity_sequences,
-                       parity_max_length=args.parity_length,
-                       beam=args.beam, opset=args.opset, cache_dir=args.cache_dir)
-    try:
-        entry = run(job)
-    except EdgedError as exc:
-        print(f"edged-export uisrnn: error: {exc}", file=sys.stderr)
-        return 1
-    t = entry["training"]
-    p = entry["parity"]
-    print(f"bundle: {args.out}  clustering.uisrnn: {ONNX_NAME} {entry['bytes'] / 1e6:.2f} MB sha256 {entry['sha256'][:12]}")
-    print(f"  trained on {t['observations']} observations of {len(t['sequences'])} sequences ({t['embedding_variant']} "
-          f"embeddings), hidden {entry['hidden_size']}x{entry['depth']}, transition_bias {entry['transition_bias']:.3f}, "
-          f"crp_alpha {entry['crp_alpha']:g}, mean sigma2 {np.mean(entry['sigma2']):.4g}")
-    print(f"  parity: ONNX step max|diff| {p['onnx_max_abs_diff']:.1e}; decoder = uisrnn predict on "
-          f"{p['identical_up_to_renaming']}/{p['sequences']} sequences ({p['observations']} observations, beam {p['beam']})")
-    return 0

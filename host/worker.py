@@ -68,26 +68,25 @@ def run_file(path: str, uri: str, params: dict[str, Any]) -> FileResult:
     """Stream one file through StreamingDiarizer in 100 ms blocks; return turns and timings."""
     import numpy as np
 
-    from edged.sources.file import read_audio
-    from edged.messages import TurnEvent
+    from edged.diarize.events import TurnEvent
     from edged.diarize.params import PipelineParams
     from edged.diarize.pipeline import StreamingDiarizer
+    from edged.diarize.stream import diarize_source
+    from edged.sources.file import FileSource
 
     if _MODELS is None:
         raise RuntimeError("worker not initialised; call init_worker first")
-    wav = read_audio(path, _MODELS.sample_rate)
     diarizer = StreamingDiarizer(_MODELS, PipelineParams.from_dict(params))
     diarizer.stats.keep = sys.maxsize  # keep every step time, however long the file
-    block = int(round(BLOCK_SECONDS * diarizer.sample_rate))
+    source = FileSource(path, diarizer.sample_rate, block_ms=int(round(BLOCK_SECONDS * 1000)))
     started = time.perf_counter()
-    blocks = (wav[i : i + block] for i in range(0, len(wav), block))
-    turns = [(e.speaker, e.start, e.end) for e in diarizer.run(blocks) if isinstance(e, TurnEvent)]
+    turns = [(e.speaker, e.start, e.end) for e in diarize_source(source, diarizer) if isinstance(e, TurnEvent)]
     compute = time.perf_counter() - started
     parts = {name: float(np.sum(values)) for name, values in diarizer.stats.parts_ms.items()}
     return FileResult(
         uri=uri,
         turns=turns,
-        audio_s=len(wav) / diarizer.sample_rate,
+        audio_s=source.seconds_read,
         compute_s=compute,
         step_ms=list(diarizer.stats.total_ms),
         pid=os.getpid(),

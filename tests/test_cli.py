@@ -26,7 +26,7 @@ def test_diarize_writes_rttm_and_events_without_torch(bundle, data_dir, tmp_path
     events = [json.loads(l) for l in (tmp_path / "out" / "sample.events.jsonl").read_text().splitlines()]
     turns = [e for e in events if e["type"] == "turn"]
     assert len(turns) == len(rttm)
-    assert set(turns[0]) >= {"speaker", "start", "end", "duration", "confidence", "seq"}
+    assert set(turns[0]) >= {"speaker", "start", "end", "duration", "confidence", "seq", "stream_seq", "device_id"}
     assert (tmp_path / "out" / "falcon.rttm").read_text()
     assert "sample: 30.0 s" in proc.stdout and "falcon: 18.6 s" in proc.stdout
 

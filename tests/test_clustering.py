@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from edged.diarize.clustering import Assignment, IncrementalClustering, to_global
+from edged.diarize.backend import Assignment, to_global
+from edged.diarize.clustering import IncrementalClustering
 from edged.dsp.frames import FBANK_FRAMES, SEGMENTATION_FRAMES
 from edged.models.weights import overlap_aware_weights, resample_weights
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edged.sources.file import file_blocks, paced, pcm_blocks, read_audio
+from edged.sources.base import BlockSource
+from edged.sources.file import FileSource, file_blocks, pcm_blocks, read_audio
 from edged.errors import AudioError
-from edged.messages import ActivityEvent, TurnEvent
+from edged.diarize.events import ActivityEvent, TurnEvent
 from edged.diarize.params import PipelineParams
 from edged.models.blocks import load_models
 from edged.diarize.pipeline import StreamingDiarizer
@@ -34,7 +35,7 @@ def der(reference_rttm, uri, turns):
 
     hyp = Annotation(uri=uri)
     for t in turns:
-        hyp[Segment(t.start, t.end), t.seq] = t.speaker
+        hyp[Segment(t.start, t.end), t.stream_seq] = t.speaker
     return DiarizationErrorRate(collar=0.0, skip_overlap=False)(load_rttm(reference_rttm)[uri], hyp)
 
 
@@ -42,10 +43,10 @@ def test_sample_conversation(models, data_dir):
     wav = read_audio(data_dir / "sample" / "sample.wav")
     diarizer, turns, activity = run(models, wav)
     assert {t.speaker for t in turns} == {"speaker_0", "speaker_1"}
-    assert [t.seq for t in turns] == list(range(len(turns)))
+    assert [t.stream_seq for t in turns] == list(range(len(turns)))
     assert all(0 <= t.start < t.end <= 30.0 + 1e-3 and 0 < t.confidence <= 1 for t in turns)
     assert all(abs(t.duration - (t.end - t.start)) < 1e-3 for t in turns)
-    assert activity and [a.seq for a in activity] == list(range(len(activity)))
+    assert activity and [a.stream_seq for a in activity] == list(range(len(activity)))
     # diart 0.9.2 with the same models and hyper-parameters: 7.9% at 5 s latency
     assert der(data_dir / "sample" / "sample.rttm", "sample", turns) < 0.12
     # 30 s, 5 s window, 0.5 s step: 51 windows, then 9 padded ones (latency - step = 4.5 s of tail)
@@ -179,8 +180,25 @@ def test_realtime_pacing_follows_the_clock():
         now[0] += s
 
     blocks = [np.zeros(1600, np.float32)] * 5
-    out = list(paced(iter(blocks), 16000, clock=lambda: now[0], sleep=sleep))
-    assert len(out) == 5 and pytest.approx(sum(slept)) == 0.4  # block k waits until k * 0.1 s
+    source = BlockSource(lambda: iter(blocks), 16000, speed=1.0, clock=lambda: now[0], sleep=sleep)
+    source.start()
+    out = []
+    while not source.finished:
+        block = source.read(timeout=1.0)
+        if block is not None:
+            out.append(block)
+    assert len(out) == 5 and pytest.approx(sum(slept)) == 0.5  # block k comes when its last sample is due
+
+
+def test_file_source_reads_in_blocks_and_reports_its_position(data_dir):
+    path = data_dir / "falcon" / "falcon.wav"
+    source = FileSource(path)
+    source.start()
+    sizes = []
+    while (block := source.read(0.0)) is not None:
+        sizes.append(len(block))
+    assert source.finished and max(sizes) == 1600 and sum(sizes) == len(read_audio(path))
+    assert source.stats_dict()["position_s"] == pytest.approx(sum(sizes) / 16000, abs=1e-3)
 
 
 def test_file_blocks_cover_the_file(data_dir):

@@ -23,7 +23,7 @@ DIM, HIDDEN = 8, 16
 
 def _toy_sequences(count: int, seed: int):
     """Sequences of 8-dim observations around 6 speaker centres: 2-3 speakers, turns of 1-4."""
-    from edged_export.uisrnn_data import LabelledSequence
+    from edged_host.uisrnn_data import LabelledSequence
 
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(99).normal(size=(6, DIM))

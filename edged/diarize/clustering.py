@@ -7,39 +7,16 @@ Memory is one fixed ``(max_speakers, dim)`` centroid array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+
+from edged.diarize.assignment import linear_sum_assignment
+from edged.diarize.backend import Assignment
+from edged.diarize.params import PipelineParams
 
 _MASKED = 1e6  # cost of forbidden pairs in the assignment problem
 _METRICS = ("cosine", "euclidean")
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """``mapping[local]`` is the global speaker id of each local speaker, or -1 if unassigned."""
-
-    mapping: np.ndarray
-    num_global: int
-
-    def apply(self, segmentation: np.ndarray) -> np.ndarray:
-        """``(frames, local)`` activations -> ``(frames, num_global)``; see ``to_global``."""
-        return to_global(segmentation, self.mapping, self.num_global)
-
-
-def to_global(segmentation: np.ndarray, mapping: np.ndarray, num_global: int) -> np.ndarray:
-    """Place each assigned local speaker's column at its global id; unassigned ones are dropped
-    and global speakers absent from the chunk are zero."""
-    seg = np.asarray(segmentation)
-    if seg.ndim != 2 or seg.shape[1] != len(mapping):
-        raise ValueError(
-            f"segmentation must be (frames, {len(mapping)}) for this mapping, got shape {seg.shape}"
-        )
-    out = np.zeros((seg.shape[0], num_global), dtype=seg.dtype)
-    assigned = np.flatnonzero(np.asarray(mapping) >= 0)
-    out[:, np.asarray(mapping)[assigned]] = seg[:, assigned]
-    return out
 
 
 def _distances(embeddings: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
@@ -104,6 +81,19 @@ class IncrementalClustering:
     def num_speakers(self) -> int:
         """Number of global speakers found so far."""
         return int(self._used.sum())
+
+    def update(self, params: PipelineParams) -> None:
+        """Take new thresholds in place; the speakers are kept."""
+        self.tau_active, self.rho_update, self.delta_new = params.tau_active, params.rho_update, params.delta_new
+
+    def push(self, local: np.ndarray, embeddings: np.ndarray, payload: Any,
+             update: bool = True) -> list[tuple[Assignment, Any]]:
+        """``ClusteringBackend.push``: the chunk's assignment is final at once."""
+        return [(self.identify(local, embeddings, update=update), payload)]
+
+    def drain(self) -> list[tuple[Assignment, Any]]:
+        """Nothing is held back."""
+        return []
 
     def __call__(self, segmentation: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         """Identify and return the chunk's ``(frames, max_speakers)`` global activations."""

@@ -1,25 +1,19 @@
 """The streaming diarization pipeline: audio blocks in, speaker turns and activity events out.
 
 Per step (every ``params.step`` seconds of audio once a full window exists): segmentation ->
-overlap-aware embeddings of all local speakers in one call -> incremental clustering into global
-speakers -> delayed aggregation of the overlapping windows at ``params.latency`` ->
-binarization -> turn and activity events. All state is bounded.
-
-``params.clustering: uisrnn`` replaces the incremental clustering by the UIS-RNN decoder
-(edged/uisrnn.py): a chunk's assignment is final ``uisrnn_lag`` steps later, so the chunk waits
-that long before aggregation and turns come ``latency + uisrnn_lag * step`` seconds late.
+overlap-aware embeddings of all local speakers in one call -> a clustering back-end maps local
+speakers to global ones -> delayed aggregation of the overlapping windows at ``params.latency``
+-> hysteresis binarization -> turn and activity events. All state is bounded.
 
 Embedding weights and clustering see the local activations binarised at 0.5 (as diart, whose
-segmentation is hard). Aggregation takes the plain mean over the overlapping chunks of
-``(1 - decision_weight) * probability + decision_weight * decision``. Measured (int8, 5 s
-latency, DER ami-debug/sample/falcon, and 12 + 12 held-out 60 s LibriSpeech conversations of
-3 / 2 speakers): hamming-weighted probabilities 31.8/8.5/18.7, 37.3/20.1; mean, weight 0.25
-32.3/7.6/18.7, 37.4/19.5; mean of decisions 33.5/7.2/18.7, 37.5/19.6. The total error over
-AMI and the conversations differs by under 0.6% between all of these (notes in README).
+segmentation is hard). Aggregation takes the mean over the overlapping chunks of
+``(1 - decision_weight) * probability + decision_weight * decision``. With the UIS-RNN back-end
+a chunk's assignment is final ``uisrnn_lag`` steps later, so turns come
+``latency + uisrnn_lag * step`` seconds after the audio.
 
 At the end of a stream the buffer pads ``latency - step`` seconds of zeros (as diart does), so
-the last samples are seen by as many windows as earlier ones; those padded windows are labelled
-without moving the centroids (int8, 5 s: 32.9/8.5/18.7 padding alone, 31.8/8.5/18.7 frozen).
+the last samples are seen by as many windows as earlier ones; windows that reach past the end
+are labelled without moving the centroids.
 """
 
 from __future__ import annotations
@@ -27,21 +21,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from edged.diarize.aggregation import DelayedAggregator, blend_decisions
 from edged.diarize.binarize import Binarizer
 from edged.dsp.buffer import Chunk, RollingBuffer
+from edged.diarize.backend import ClusteringBackend
 from edged.diarize.clustering import IncrementalClustering
-from edged.messages import ActivityEvent, TurnEvent
+from edged.diarize.events import ActivityEvent, Event, TurnEvent
 from edged.diarize.params import PipelineParams
+from edged.dsp.frames import FrameGrid
 from edged.models.blocks import Models
 
 log = logging.getLogger(__name__)
 
-Event = Union[TurnEvent, ActivityEvent]
 # a local speaker is speaking in a frame when its activation probability reaches this
 LOCAL_THRESHOLD = 0.5
 
@@ -96,18 +91,25 @@ class StreamingDiarizer:
         self.wall_origin = wall_origin
         self.stats = StepStats()
         self.buffer = RollingBuffer(self.sample_rate, p.duration, p.step)
-        if p.clustering == "uisrnn":  # assignments come uisrnn_lag steps late: see edged/uisrnn.py
-            from edged.diarize.uisrnn import UISRNNClustering
-
-            self.clustering = UISRNNClustering.from_bundle(
-                models.bundle, p.tau_active, p.max_speakers, p.uisrnn_lag, p.uisrnn_beam)
-        else:
-            self.clustering = IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
+        self.clustering = self._backend(models, p)
         self.aggregator = DelayedAggregator(p.step, p.latency, p.duration, p.aggregation, start=0.0)
         self.binarizer = Binarizer(p.onset, p.offset, p.min_duration_on, p.min_duration_off)
         self._turn_seq = 0
         self._activity_seq = 0
         self._stream_end = 0.0  # end of the real audio seen so far (stream seconds)
+
+    @staticmethod
+    def _backend(models: Models, p: PipelineParams) -> ClusteringBackend:
+        if p.clustering == "uisrnn":  # assignments come uisrnn_lag steps late
+            from edged.diarize.uisrnn import UISRNNClustering
+
+            return UISRNNClustering.from_bundle(models.bundle, p.tau_active, p.max_speakers, p.uisrnn_lag, p.uisrnn_beam)
+        return IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
+
+    @property
+    def num_speakers(self) -> int:
+        """Global speakers found so far in this stream."""
+        return self.clustering.num_speakers
 
     def can_update(self, params: PipelineParams) -> bool:
         """True when ``update_params`` can apply ``params`` in place: same stream geometry
@@ -122,9 +124,9 @@ class StreamingDiarizer:
         if not self.can_update(params):
             return False
         self.params = params
-        c, b = self.clustering, self.binarizer
-        c.tau_active, c.rho_update, c.delta_new = params.tau_active, params.rho_update, params.delta_new
+        self.clustering.update(params)
         self.aggregator.strategy = params.aggregation
+        b = self.binarizer
         b.onset, b.offset = params.onset, params.offset
         b.min_duration_on, b.min_duration_off = params.min_duration_on, params.min_duration_off
         return True
@@ -155,9 +157,8 @@ class StreamingDiarizer:
         events: list[Event] = []
         for chunk in self.buffer.flush(tail=end_padding(self.params)):
             events.extend(self._process(chunk))
-        if getattr(self.clustering, "delayed", False):  # chunks still waiting for their labels
-            for assignment, (scores, chunk) in self.clustering.drain():
-                events.extend(self._aggregate(assignment.apply(scores), chunk))
+        for assignment, (scores, chunk) in self.clustering.drain():  # chunks still waiting for labels
+            events.extend(self._aggregate(assignment.apply(scores), chunk))
         tail = self.aggregator.flush(end=self._stream_end)
         if tail is not None and len(tail[0]):
             events.extend(self._binarize(*tail))
@@ -179,13 +180,10 @@ class StreamingDiarizer:
             emb = np.full((local.shape[1], self.models.bundle.embedding.dim), np.nan, np.float32)
         t2 = time.perf_counter()
         scores = blend_decisions(probs, local, self.params.decision_weight)
-        if getattr(self.clustering, "delayed", False):
-            ready = [(a.apply(s), c) for a, (s, c) in self.clustering.push(local, emb, (scores, chunk))]
-        else:
-            # windows reaching past the end of the stream are mostly padding: they are labelled
-            # but do not move the centroids (AMI int8 DER 32.9 -> 31.8 with the padded tail)
-            padded = chunk.num_real < self.window_samples
-            ready = [(self.clustering.identify(local, emb, update=not padded).apply(scores), chunk)]
+        # windows reaching past the end of the stream are mostly padding: they are labelled
+        # but do not move the centroids
+        padded = chunk.num_real < self.window_samples
+        ready = [(a.apply(s), c) for a, (s, c) in self.clustering.push(local, emb, (scores, chunk), update=not padded)]
         t3 = time.perf_counter()
         self._stream_end = chunk.real_end
         events = []
@@ -202,7 +200,7 @@ class StreamingDiarizer:
                                             end=chunk.real_end if padded else None)
         return self._binarize(region, grid)
 
-    def _binarize(self, region: np.ndarray, grid) -> list[Event]:
+    def _binarize(self, region: np.ndarray, grid: FrameGrid) -> list[Event]:
         if not len(region):
             return []
         return self._events(self.binarizer.push(region, grid))
@@ -215,6 +213,6 @@ class StreamingDiarizer:
             events.append(TurnEvent.from_turn(turn, self._turn_seq, self.wall_origin))
             self._turn_seq += 1
         for activity in out.activity:
-            events.append(ActivityEvent.from_activity(activity, self._activity_seq))
+            events.append(ActivityEvent.from_activity(activity, self._activity_seq, self.wall_origin))
             self._activity_seq += 1
         return events

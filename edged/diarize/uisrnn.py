@@ -34,7 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from edged.models.bundle import Bundle, UISRNNInfo
-from edged.diarize.clustering import Assignment
+from edged.diarize.backend import Assignment
+from edged.diarize.params import PipelineParams
 from edged.errors import ConfigError
 from edged.models.runtime import DEFAULT_PROVIDERS, create_session
 
@@ -247,15 +248,11 @@ class UISRNNClustering:
     Each chunk comes with an opaque ``payload`` (the pipeline's activations and chunk) returned
     with its Assignment, ``lag`` steps later; ``drain`` returns the rest at end of stream."""
 
-    delayed = True
-
     def __init__(self, network: UISRNNNetwork, tau_active: float, max_speakers: int = 20, lag: int = 0,
                  beam: int = 10):
         self.decoder = UISRNNDecoder(network, beam_size=beam, lag=lag, max_speakers=max_speakers)
         self.tau_active = float(tau_active)
         self.max_speakers = int(max_speakers)
-        # set by StreamingDiarizer.update_params; unused by this back-end
-        self.rho_update = self.delta_new = 0.0
         self._queue: deque[tuple[np.ndarray, int, Any]] = deque()  # (observation order, local speakers, payload)
 
     @classmethod
@@ -277,8 +274,14 @@ class UISRNNClustering:
         self.decoder.reset()
         self._queue.clear()
 
-    def push(self, local: np.ndarray, embeddings: np.ndarray, payload: Any) -> list[tuple[Assignment, Any]]:
-        """Add one chunk's local activity ``(frames, local)`` and embeddings ``(local, dim)``."""
+    def update(self, params: PipelineParams) -> None:
+        """Take a new ``tau_active`` in place (the decoder has no other thresholds)."""
+        self.tau_active = float(params.tau_active)
+
+    def push(self, local: np.ndarray, embeddings: np.ndarray, payload: Any,
+             update: bool = True) -> list[tuple[Assignment, Any]]:
+        """Add one chunk's local activity ``(frames, local)`` and embeddings ``(local, dim)``;
+        every chunk is decoded (``update`` is ignored: the beam search has no centroids to protect)."""
         order = step_observations(local, embeddings, self.tau_active)
         self._queue.append((order, int(np.shape(local)[1]), payload))
         observations = np.asarray(embeddings, dtype=np.float64)[order] * self.decoder.net.input_scale

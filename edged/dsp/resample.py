@@ -17,6 +17,13 @@ from math import gcd
 import numpy as np
 
 
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average channels: (frames,) or (frames, channels) -> (frames,) float32."""
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
 class StreamResampler:
     """Resample a mono float stream from ``rate_in`` to ``rate_out`` block by block.
 

@@ -13,6 +13,22 @@ from edged.errors import BundleError
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+_shared_arena = False  # whether this process registered its CPU arena in onnxruntime's environment
+
+
+def _register_shared_arena() -> None:
+    """One CPU memory arena for every session of the process (both models, and the sessions of a
+    reload) instead of one arena each; registered once per process."""
+    global _shared_arena
+    if _shared_arena:
+        return
+    _shared_arena = True
+    try:
+        ort.create_and_register_allocator(
+            ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
+            ort.OrtArenaCfg(0, -1, -1, -1))  # onnxruntime's default arena settings
+    except Exception as exc:  # an older onnxruntime: each session keeps its own arena
+        log.debug("shared onnxruntime CPU arena not registered: %s", exc)
 
 
 def create_session(
@@ -27,6 +43,10 @@ def create_session(
     options.inter_op_num_threads = inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # memory: no buffers pre-planned per input shape, and the CPU arena shared between sessions
+    options.enable_mem_pattern = False
+    _register_shared_arena()
+    options.add_session_config_entry("session.use_env_allocators", "1")
     available = set(ort.get_available_providers())
     chosen = [p for p in providers if p in available]
     for p in providers:

@@ -16,48 +16,26 @@ import json
 import logging
 import signal
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from edged.config import DaemonConfig
-from edged.settings import load_config
+from edged.diarize.events import Event, TurnEvent
+from edged.diarize.pipeline import StreamingDiarizer
+from edged.diarize.stream import Stream
 from edged.errors import EdgedError
-from edged.messages import ActivityEvent, TurnEvent
+from edged.messages import ActivityMessage, TurnMessage, stats_payload
 from edged.models.blocks import Models, load_models
 from edged.service.notify import Notifier
-from edged.diarize.pipeline import Event, StreamingDiarizer
+from edged.settings import load_config
+from edged.sources.base import AudioSource
 
 log = logging.getLogger("edged.service.daemon")
 READ_TIMEOUT_S = 0.2
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def iso(epoch: float | None) -> str | None:
-    """Unix seconds -> ISO 8601 UTC with milliseconds."""
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
-def turn_payload(event: TurnEvent, device_id: str) -> dict[str, Any]:
-    """The MQTT ``turn`` payload (the publisher adds the durable ``seq``)."""
-    d = event.to_dict()
-    d["stream_seq"] = d.pop("seq")
-    d["device_id"] = device_id
-    d["wall_start_iso"] = iso(event.wall_start)
-    d["wall_end_iso"] = iso(event.wall_end)
-    return d
-
-
-def active_payload(event: ActivityEvent, device_id: str, wall_origin: float | None) -> dict[str, Any]:
-    """The retained MQTT ``active`` payload: who is speaking from ``time`` on."""
-    wall = None if wall_origin is None else round(wall_origin + event.time, 3)
-    return {"device_id": device_id, "speakers": list(event.speakers), "count": len(event.speakers),
-            "time": event.time, "wall_time": wall, "wall_time_iso": iso(wall), "stream_seq": event.seq}
-
-
-def open_source(config: DaemonConfig, sample_rate: int, replay_speed: float = 1.0):
+def open_source(config: DaemonConfig, sample_rate: int, replay_speed: float = 1.0) -> AudioSource:
     """The configured audio source (not started)."""
     audio = config.audio
     if audio.source == "file":
@@ -67,13 +45,6 @@ def open_source(config: DaemonConfig, sample_rate: int, replay_speed: float = 1.
     from edged.sources.alsa import AlsaCapture
 
     return AlsaCapture(audio, sample_rate)
-
-
-def source_stats(source) -> dict[str, Any]:
-    if hasattr(source, "stats_dict"):
-        return source.stats_dict()
-    stats = source.stats
-    return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats)
 
 
 class Daemon:
@@ -88,11 +59,8 @@ class Daemon:
         self._stop = False
         self._reload = False
         self.started = time.monotonic()
-        self.audio_seconds = 0.0
         self.turns_published = 0
         self._events_file = None
-        self._stream_seconds = 0.0  # audio pushed into the current diarizer
-        self._source_seconds = 0.0  # audio delivered by the current source
 
     # --- lifecycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -103,9 +71,9 @@ class Daemon:
         self.notifier.status("loading models")
         self.models = self._load_models(c)
         self._open_spool_and_publisher(c)
-        self.source = open_source(c, self.models.sample_rate, self.replay_speed)
-        self.source.start()
-        self._new_diarizer(c)
+        source = open_source(c, self.models.sample_rate, self.replay_speed)
+        source.start()
+        self.stream = Stream(source, StreamingDiarizer(self.models, c.pipeline))
         self._open_events_file(c)
         log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
                  c.audio.file if c.audio.source == "file" else c.audio.device, c.mqtt.host, c.mqtt.port)
@@ -133,22 +101,12 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self.reload()
-            block = self.source.read(READ_TIMEOUT_S)
+            events = self.stream.poll(READ_TIMEOUT_S)
             self.notifier.watchdog()
-            if block is None:
-                if getattr(self.source, "finished", False):
-                    log.info("end of %s", self.config.audio.file)
-                    break
-            else:
-                seconds = len(block) / self.models.sample_rate
-                self.audio_seconds += seconds
-                self._stream_seconds += seconds
-                self._source_seconds += seconds
-                if self.source.origin is not None:
-                    # the source's origin moves on after dropped audio or a reconnect, so that
-                    # origin + source time is each sample's wall-clock time; map stream time onto it
-                    self.diarizer.wall_origin = self.source.origin + self._source_seconds - self._stream_seconds
-                self._emit(self.diarizer.push(block))
+            self._emit(events)
+            if self.stream.finished:
+                log.info("end of %s", self.config.audio.file)
+                break
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.config.mqtt.stats_interval
                 self.publisher.publish_stats(self.stats())
@@ -157,10 +115,10 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping: flushing the open turns")
         try:
-            self.source.stop()
+            self.stream.source.stop()
         except Exception as exc:  # the device may be gone; the flush below matters more
             log.warning("audio source did not stop cleanly: %s", exc)
-        self._emit(self.diarizer.flush())
+        self._emit(self.stream.flush())
         self.publisher.publish_stats(self.stats())
         self.publisher.stop()
         self.spool.close()
@@ -193,59 +151,55 @@ class Daemon:
             self._events_file = open(c.logging.events_file, "a", encoding="utf-8")
 
     def _emit(self, events: list[Event]) -> None:
+        """Spool and publish each event; the events file gets the same payloads."""
         device = self.config.device
         for event in events:
             if isinstance(event, TurnEvent):
-                payload = turn_payload(event, device)
-                seq = payload["seq"] = self.publisher.publish_turn(payload)
+                message = TurnMessage.from_event(event, device)
+                seq = self.publisher.publish_turn(message.payload())
+                payload = dataclasses.replace(message, seq=seq).payload()
                 self.turns_published += 1
                 log.debug("turn %s %s %.2f-%.2f", seq, event.speaker, event.start, event.end)
             else:
-                payload = active_payload(event, device, self.diarizer.wall_origin)
+                payload = ActivityMessage.from_event(event, device).payload()
                 self.publisher.publish_active(payload)
             if self._events_file is not None:
-                self._events_file.write(json.dumps({"type": event.to_dict()["type"], **payload}) + "\n")
+                self._events_file.write(json.dumps(payload, ensure_ascii=False) + "\n")
                 self._events_file.flush()
 
     def stats(self) -> dict[str, Any]:
         """The ``stats`` payload: uptime, step latency, real-time factor, audio and queue figures."""
-        s = self.diarizer.stats
+        diarizer = self.stream.diarizer
+        s = diarizer.stats
         p50 = s.percentile(50)
         step_ms = 1e3 * self.config.pipeline.step
-        return {
-            "device_id": self.config.device,
-            "time_iso": iso(time.time()),
+        return stats_payload(self.config.device, time.time(), {
             "uptime_s": round(time.monotonic() - self.started, 1),
-            "audio_s": round(self.audio_seconds, 1),
+            "audio_s": round(self.stream.audio_seconds, 1),
             "steps": s.steps,
             "step_ms_p50": None if p50 != p50 else round(p50, 1),
             "step_ms_p95": None if s.steps == 0 else round(s.percentile(95), 1),
             "rtf": None if p50 != p50 else round(p50 / step_ms, 3),
-            "speakers": self.diarizer.clustering.num_speakers,
+            "speakers": diarizer.num_speakers,
             "turns_published": self.turns_published,
             "bad_samples": s.bad_samples,
-            "audio": source_stats(self.source),
-        }
+            "audio": self.stream.source.stats_dict(),
+        })
 
     def _reopen_source(self, old: DaemonConfig, new: DaemonConfig) -> None:
         """Switch to the new audio settings; if the new source cannot start, go back to the old."""
-        self.source.stop()
+        self.stream.source.stop()
         try:
             source = open_source(new, self.models.sample_rate, self.replay_speed)
             source.start()
         except EdgedError as exc:
             log.error("reload: cannot open the new audio source (%s); keeping the previous one", exc)
             self.config = dataclasses.replace(self.config, audio=old.audio)
-            self.source.start()
-            self._source_seconds = 0.0
-            return
-        self.source = source
-        self._source_seconds = 0.0
-        log.info("reload: audio source reopened")
-
-    def _new_diarizer(self, c: DaemonConfig) -> None:
-        self.diarizer = StreamingDiarizer(self.models, c.pipeline)
-        self._stream_seconds = 0.0
+            source = self.stream.source
+            source.start()
+        else:
+            log.info("reload: audio source reopened")
+        self.stream.replace_source(source)
 
     # --- SIGHUP ----------------------------------------------------------------------------
     def reload(self) -> None:
@@ -264,7 +218,7 @@ class Daemon:
                 models = self._load_models(new)
                 diarizer = StreamingDiarizer(models, new.pipeline)
                 what = "models reloaded, speaker state reset"
-            elif new.pipeline != old.pipeline and not self.diarizer.can_update(new.pipeline):
+            elif new.pipeline != old.pipeline and not self.stream.diarizer.can_update(new.pipeline):
                 diarizer = StreamingDiarizer(models, new.pipeline)
                 what = "stream geometry or clustering changed, speaker state reset"
             else:
@@ -276,11 +230,11 @@ class Daemon:
         self.config = new
         self._apply_logging()
         if diarizer is not None:
-            self._emit(self.diarizer.flush())
-            self.models, self.diarizer, self._stream_seconds = models, diarizer, 0.0
+            self._emit(self.stream.replace_diarizer(diarizer))
+            self.models = models
             log.info("reload: %s", what)
         elif new.pipeline != old.pipeline:
-            self.diarizer.update_params(new.pipeline)
+            self.stream.diarizer.update_params(new.pipeline)
             log.info("reload: %s", what)
         if new.mqtt != old.mqtt or new.spool != old.spool or new.device != old.device:
             self.publisher.stop()

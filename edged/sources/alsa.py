@@ -45,9 +45,9 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -324,6 +324,11 @@ class AlsaCapture:
         self._log_retry = _RateLimit(60.0)
 
     # --- public -------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """A microphone never finishes (a lost device is reopened)."""
+        return False
+
     def start(self) -> None:
         """Open the device (AudioError naming it and the available ones) and start capturing."""
         if self._thread is not None:

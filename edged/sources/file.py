@@ -1,93 +1,134 @@
-"""Audio files to 16 kHz mono float32: soundfile decoding, polyphase resampling."""
+"""Audio files and raw PCM -> 16 kHz mono float32 blocks, read a block at a time.
+
+Files are decoded with soundfile in blocks and resampled by the one streaming resampler
+(``edged.dsp.resample``), so memory does not grow with the length of a recording.
+"""
 
 from __future__ import annotations
 
-import time
-from math import gcd
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
+from edged.dsp.resample import StreamResampler, to_mono
 from edged.errors import AudioError
+from edged.sources.base import BlockSource
+
+BLOCK_SECONDS = 0.1  # what capture delivers, and what files are cut into
+PCM_DTYPES = ("int16", "int32", "float32")
 
 
-def to_mono(samples: np.ndarray) -> np.ndarray:
-    """Average channels: (frames,) or (frames, channels) -> (frames,) float32."""
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1)
-    return np.ascontiguousarray(samples, dtype=np.float32)
+def _resampled(blocks: Iterator[np.ndarray], rate: int, sample_rate: int, block: int) -> Iterator[np.ndarray]:
+    """Mono blocks at ``rate`` -> blocks of ``block`` samples at ``sample_rate`` (the last shorter)."""
+    resampler = StreamResampler(rate, sample_rate)
+    pending = np.zeros(0, np.float32)
+    for mono in blocks:
+        pending = np.concatenate([pending, resampler.process(mono)]) if len(pending) else resampler.process(mono)
+        while len(pending) >= block:
+            yield pending[:block]
+            pending = pending[block:]
+    pending = np.concatenate([pending, resampler.flush()])
+    for start in range(0, len(pending), block):
+        yield pending[start : start + block]
 
 
-def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Polyphase resampling (scipy.signal.resample_poly); identity when the rates match."""
-    if rate_in == rate_out:
-        return np.asarray(samples, dtype=np.float32)
-    from scipy.signal import resample_poly
-
-    g = gcd(int(rate_in), int(rate_out))
-    return resample_poly(samples, rate_out // g, rate_in // g).astype(np.float32)
-
-
-def read_audio(path: Path | str, sample_rate: int = 16000) -> np.ndarray:
-    """Decode a WAV/FLAC/... file to mono float32 at ``sample_rate``; AudioError names the file."""
+def _open_soundfile(path: Path):
     import soundfile as sf
 
-    path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found")
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        handle = sf.SoundFile(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         raise AudioError(f"{path}: cannot decode audio ({exc}); use WAV, FLAC or OGG") from None
-    if samples.shape[0] == 0:
+    if handle.frames == 0:
+        handle.close()
         raise AudioError(f"{path}: audio file is empty")
-    return resample(to_mono(samples), rate, sample_rate)
+    return handle
 
 
-def file_blocks(path: Path | str, sample_rate: int = 16000, block_seconds: float = 0.1) -> Iterator[np.ndarray]:
-    """Decode a file and yield ``block_seconds`` blocks of 16 kHz mono float32."""
-    samples = read_audio(path, sample_rate)
+def file_blocks(path: Path | str, sample_rate: int = 16000, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Decode a file block by block into ``block_seconds`` blocks of mono float32 at ``sample_rate``.
+
+    The file is opened (and AudioError raised) when the first block is requested."""
+    path = Path(path)
     block = max(1, int(round(block_seconds * sample_rate)))
-    for start in range(0, len(samples), block):
-        yield samples[start : start + block]
+    handle = _open_soundfile(path)
+    with handle:
+        rate = handle.samplerate
+        frames = max(1, int(round(block_seconds * rate)))
+
+        def decoded() -> Iterator[np.ndarray]:
+            try:
+                for data in handle.blocks(blocksize=frames, dtype="float32", always_2d=True):
+                    yield to_mono(data)
+            except Exception as exc:
+                raise AudioError(f"{path}: cannot decode audio ({exc}); the file may be truncated") from None
+
+        yield from _resampled(decoded(), rate, sample_rate, block)
 
 
-def pcm_blocks(
-    stream: BinaryIO, rate: int, channels: int = 1, dtype: str = "int16", sample_rate: int = 16000,
-    block_seconds: float = 0.1,
-) -> Iterator[np.ndarray]:
-    """Raw interleaved PCM (``int16``/``int32``/``float32``) from a binary stream -> 16 kHz mono blocks.
+def read_audio(path: Path | str, sample_rate: int = 16000) -> np.ndarray:
+    """A whole file as one array (host tools, short clips); the daemon and ``edged diarize`` stream."""
+    blocks = list(file_blocks(path, sample_rate, block_seconds=10.0))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
-    Resampling is done per block with a polyphase filter; for rates other than 16 kHz prefer
-    files, whose whole-signal resampling has no block edges.
-    """
+
+def pcm_blocks(stream: BinaryIO, rate: int, channels: int = 1, dtype: str = "int16", sample_rate: int = 16000,
+               block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Raw interleaved PCM (int16, int32 or float32) from a binary stream -> mono blocks at ``sample_rate``."""
+    if dtype not in PCM_DTYPES:
+        raise AudioError(f"raw PCM dtype {dtype!r} is not supported; use {', '.join(PCM_DTYPES)}")
+    if rate <= 0 or channels <= 0:
+        raise AudioError(f"raw PCM needs a positive rate and channel count, got {rate} Hz, {channels} channels")
     kind = np.dtype(dtype)
-    if kind not in (np.dtype("int16"), np.dtype("int32"), np.dtype("float32")):
-        raise AudioError(f"raw PCM dtype {dtype!r} is not supported; use int16, int32 or float32")
     frame_bytes = kind.itemsize * channels
-    block_bytes = max(1, int(round(block_seconds * rate))) * frame_bytes
+    read_bytes = max(1, int(round(block_seconds * rate))) * frame_bytes
     scale = 1.0 / (float(np.iinfo(kind).max) + 1.0) if kind.kind == "i" else 1.0  # as soundfile: int16/32768
-    pending = b""
-    while True:
-        data = stream.read(block_bytes)
-        if not data:
-            break
-        data = pending + data
-        usable = len(data) - len(data) % frame_bytes
-        pending = data[usable:]
-        pcm = np.frombuffer(data[:usable], dtype=kind).reshape(-1, channels).astype(np.float32) * scale
-        yield resample(to_mono(pcm), rate, sample_rate)
+
+    def decoded() -> Iterator[np.ndarray]:
+        pending = b""
+        while True:
+            data = stream.read(read_bytes)
+            if not data:
+                return
+            data = pending + data
+            usable = len(data) - len(data) % frame_bytes
+            pending = data[usable:]
+            pcm = np.frombuffer(data[:usable], dtype=kind).reshape(-1, channels).astype(np.float32) * scale
+            yield to_mono(pcm)
+
+    yield from _resampled(decoded(), rate, sample_rate, max(1, int(round(block_seconds * sample_rate))))
 
 
-def paced(blocks: Iterator[np.ndarray], sample_rate: int = 16000, clock=time.monotonic, sleep=time.sleep) -> Iterator[np.ndarray]:
-    """Replay blocks at wall-clock speed, as if they came from a microphone."""
-    origin = clock()
-    sent = 0
-    for block in blocks:
-        due = origin + sent / sample_rate
-        delay = due - clock()
-        if delay > 0:
-            sleep(delay)
-        yield block
-        sent += len(block)
+class FileSource(BlockSource):
+    """A recording as an audio source: as fast as it decodes (``speed`` None) or replayed at
+    ``speed`` times wall-clock speed, as if it were a microphone (``audio.source: file``)."""
+
+    def __init__(self, path: Path | str, sample_rate: int = 16000, block_ms: int = 100, speed: float | None = None):
+        self.path = Path(path)
+        super().__init__(lambda: file_blocks(self.path, sample_rate, block_ms / 1000), sample_rate, speed, "file")
+
+    def start(self) -> None:
+        """Open the file (AudioError names it when unreadable) and start the clock."""
+        super().start()
+        self._pending = self._first_block()
+
+    def _first_block(self) -> np.ndarray | None:
+        assert self._blocks is not None
+        block = next(self._blocks, None)  # decodes the header now: errors surface at start
+        if block is None:
+            self._finished = True
+        return block
+
+    def describe(self) -> dict[str, Any]:
+        return {"file": str(self.path)}
+
+
+class PcmSource(BlockSource):
+    """Raw PCM from a binary stream (``edged diarize -``)."""
+
+    def __init__(self, stream: BinaryIO, rate: int, channels: int = 1, dtype: str = "int16",
+                 sample_rate: int = 16000, speed: float | None = None):
+        super().__init__(lambda: pcm_blocks(stream, rate, channels, dtype, sample_rate), sample_rate, speed, "pcm")

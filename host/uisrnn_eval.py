@@ -2,7 +2,7 @@
 ``uisrnn`` predict, online agreement vs lag, DER next to incremental clustering, and decoder time
 per step (host only; the edge code paths are the daemon's own).
 
-    python -m edged_export.uisrnn_eval --models BUNDLE --output DIR \\
+    python -m edged_host.uisrnn_eval --models BUNDLE --output DIR \\
         [--data ../shared/data] [--lags 0,1,2,4,8,16,32] [--beam 10] [--cache-dir DIR]
 
 Evaluation data (never trained on by ``edged-export uisrnn`` as documented): AMI ``dev00``,
@@ -96,15 +96,15 @@ def agreement_vs_lag(network, sequences, lags: Sequence[int], beam: int) -> list
 
 def run_file(models, path: Path, params: PipelineParams) -> tuple[list[tuple[str, float, float]], list[float], list[float]]:
     """The daemon's pipeline over one file in 100 ms blocks: turns, per-step clustering and total ms."""
-    from edged.sources.file import read_audio
-    from edged.messages import TurnEvent
+    from edged.diarize.events import TurnEvent
     from edged.diarize.pipeline import StreamingDiarizer
+    from edged.diarize.stream import diarize_source
+    from edged.sources.file import FileSource
 
-    wav = read_audio(path, models.sample_rate)
     diarizer = StreamingDiarizer(models, params)
     diarizer.stats.keep = sys.maxsize
-    blocks = (wav[i : i + 1600] for i in range(0, len(wav), 1600))
-    turns = [(str(e.speaker), e.start, e.end) for e in diarizer.run(blocks) if isinstance(e, TurnEvent)]
+    events = diarize_source(FileSource(path, models.sample_rate), diarizer)
+    turns = [(e.speaker, e.start, e.end) for e in events if isinstance(e, TurnEvent)]
     return turns, list(diarizer.stats.parts_ms["clustering"]), list(diarizer.stats.total_ms)
 
 

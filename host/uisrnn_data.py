@@ -29,7 +29,7 @@ from edged.models.blocks import Models
 from edged.diarize.pipeline import LOCAL_THRESHOLD, end_padding
 from edged.diarize.uisrnn import step_observations
 
-from .errors import ExportError
+from edged_export.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class LabelledSequence:
 
 def read_rttm(paths: Sequence[Path]) -> dict[str, Segments]:
     """uri -> reference turns (speaker, start, end), read with ``edged_host.scoring.load_rttm``."""
-    from edged_host.scoring import load_rttm
+    from .scoring import load_rttm
 
     return {uri: [(label, seg.start, seg.end) for seg, _, label in ann.itertracks(yield_label=True)]
             for uri, ann in load_rttm(paths).annotations.items()}
@@ -132,7 +132,7 @@ def _cached(cache: Path | None, key: str, make) -> LabelledSequence:
 def recordings(models: Models, audio: Sequence[Path], references: Sequence[Path], params: PipelineParams,
                cache: Path | None = None) -> list[LabelledSequence]:
     """Sequences of recordings with RTTM references (matched by uri = file stem)."""
-    from edged_host.inputs import find_audio
+    from .inputs import find_audio
 
     files = find_audio(audio)
     refs = read_rttm(references)
@@ -154,7 +154,7 @@ def conversations(models: Models, source: Path, count: int, params: PipelinePara
                   speakers: Sequence[int] = (2, 3, 4), seed: int = 0, cache: Path | None = None) -> list[LabelledSequence]:
     """Sequences of ``count`` conversations synthesized from single-speaker recordings in ``source``
     (seeds ``seed``, ``seed + 1``, ...; the speaker count cycles through ``speakers``)."""
-    from edged_host.conversations import ConversationSpec, build_conversation, load_sources
+    from .conversations import ConversationSpec, build_conversation, load_sources
 
     sources = load_sources(source)
     files = sorted(str(p) for ps in sources.values() for p in ps)
