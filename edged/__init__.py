@@ -1,6 +1,6 @@
 """edged: live speaker diarization on the edge (who speaks when), published over MQTT.
 
-The edge runtime imports no torch: numpy, scipy, onnxruntime, paho-mqtt, pyyaml (+ pyaudio).
+The edge runtime imports no torch: numpy, soundfile, onnxruntime, paho-mqtt, pyyaml (+ pyaudio).
 """
 
 import os as _os

@@ -98,3 +98,20 @@ def test_identity_and_bad_rates():
     assert len(r.flush()) == 0 and r.lookahead == 0
     with pytest.raises(ValueError):
         StreamResampler(0, 16000)
+
+
+def test_lowpass_is_scipys_firwin_and_scipy_is_not_loaded():
+    import subprocess
+    import sys
+
+    from scipy.signal import firwin
+
+    from edged.dsp.resample import lowpass
+
+    for numtaps, cutoff in ((61, 1 / 3), (8821, 1 / 441), (21, 0.5)):
+        assert np.allclose(lowpass(numtaps, cutoff), firwin(numtaps, cutoff, window=("kaiser", 5.0)), atol=1e-15)
+    code = ("import sys, numpy as np; from edged.dsp.resample import StreamResampler; "
+            "r = StreamResampler(48000, 16000); r.process(np.ones(4800)); r.flush(); "
+            "assert not any(m.startswith('scipy') for m in sys.modules), 'scipy loaded'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

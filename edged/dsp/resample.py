@@ -1,8 +1,8 @@
-"""Stateful streaming polyphase resampler, equal to ``scipy.signal.resample_poly``.
+"""Stateful streaming polyphase resampler, equal to ``scipy.signal.resample_poly``, in numpy.
 
-``StreamResampler(rate_in, rate_out)`` uses the same filter as ``resample_poly`` (firwin,
-``2 * 10 * max(up, down) + 1`` taps, Kaiser window beta 5.0, cutoff ``1 / max(up, down)``, gain
-``up``) and the same output sample positions, so feeding a signal in blocks of any sizes and then
+``StreamResampler(rate_in, rate_out)`` uses the same filter as ``resample_poly`` (a windowed-sinc
+lowpass as ``firwin`` makes it: ``2 * 10 * max(up, down) + 1`` taps, Kaiser window beta 5.0,
+cutoff ``1 / max(up, down)``, gain ``up``) and the same output sample positions, so feeding a signal in blocks of any sizes and then
 calling ``flush()`` gives the same samples as ``resample_poly`` on the whole signal (float64
 arithmetic with ``dtype=np.float64``; the tests check equality to 1e-12). Outputs are produced as soon as the filter has
 the input they need: the look-ahead is ``half_len / up`` input samples (about 0.6 ms for
@@ -24,6 +24,14 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
+def lowpass(numtaps: int, cutoff: float, kaiser_beta: float = 5.0) -> np.ndarray:
+    """Kaiser-windowed sinc lowpass, unit gain at DC: ``scipy.signal.firwin(numtaps, cutoff,
+    window=("kaiser", kaiser_beta))`` (``cutoff`` relative to Nyquist)."""
+    m = np.arange(numtaps) - (numtaps - 1) / 2
+    h = cutoff * np.sinc(cutoff * m) * np.kaiser(numtaps, kaiser_beta)
+    return h / h.sum()
+
+
 class StreamResampler:
     """Resample a mono float stream from ``rate_in`` to ``rate_out`` block by block.
 
@@ -32,7 +40,7 @@ class StreamResampler:
     ``reset()`` starts a new stream. Identity (a copy as ``dtype``) when the rates are equal.
     """
 
-    def __init__(self, rate_in: int, rate_out: int, dtype: type = np.float32, window: tuple = ("kaiser", 5.0)):
+    def __init__(self, rate_in: int, rate_out: int, dtype: type = np.float32, kaiser_beta: float = 5.0):
         if int(rate_in) <= 0 or int(rate_out) <= 0:
             raise ValueError(f"sample rates must be positive, got {rate_in} -> {rate_out}")
         self.rate_in = int(rate_in)
@@ -47,12 +55,14 @@ class StreamResampler:
             self._taps = 1
             self._h = np.ones(1)
         else:
-            from scipy.signal import firwin
-
             max_rate = max(self.up, self.down)
             self.half_len = 10 * max_rate
-            self._h = firwin(2 * self.half_len + 1, 1.0 / max_rate, window=window) * self.up
+            self._h = lowpass(2 * self.half_len + 1, 1.0 / max_rate, kaiser_beta) * self.up
             self._taps = -(-len(self._h) // self.up)  # filter taps that meet input samples, per output
+        # phase r of the polyphase filter: taps h[r], h[r + up], h[r + 2 up], ... (zero-padded)
+        padded = np.zeros(self._taps * self.up)
+        padded[: len(self._h)] = self._h
+        self._phases = padded.reshape(self._taps, self.up).T.copy()
         self.reset()
 
     @property
@@ -72,18 +82,14 @@ class StreamResampler:
         count = m_end - self._n_out
         if count <= 0:
             return np.zeros(0, self.dtype)
-        from scipy.signal import upfirdn
-
-        # out[m] = sum_j h[j] * xu[m * down + half_len - j], xu = input upsampled by `up`.
-        # upfirdn on the buffer (which starts at input index s) keeps every down-th sample of the
-        # full convolution from 0; `pre` leading zeros on h shift our positions onto that grid.
-        s = self._base
-        pre = (s * self.up - self.half_len) % self.down
-        h = np.concatenate([np.zeros(pre), self._h]) if pre else self._h
-        y = upfirdn(h, self._buf, self.up, self.down)
-        n0 = self._n_out + (self.half_len - s * self.up + pre) // self.down
-        assert 0 <= n0 and n0 + count <= len(y), (n0, count, len(y))
-        out = y[n0 : n0 + count].astype(self.dtype)
+        # out[m] = sum_j h[j] * xu[m * down + half_len - j], xu = the input upsampled by `up`:
+        # with p = m * down + half_len, only j = p mod up + t * up meet input samples, x[p // up - t]
+        p = np.arange(self._n_out, m_end, dtype=np.int64) * self.down + self.half_len
+        newest = p // self.up - self._base  # buffer index of x[p // up]
+        index = newest[:, None] - np.arange(self._taps)[None, :]
+        assert index.min() >= 0, "input needed by an output was already dropped"
+        buffered = np.concatenate([self._buf, np.zeros(max(0, int(index.max()) + 1 - len(self._buf)))])
+        out = np.einsum("mt,mt->m", self._phases[p % self.up], buffered[index]).astype(self.dtype)
         self._n_out = m_end
         # keep only the input that later outputs still use
         p_next = m_end * self.down + self.half_len
