@@ -542,11 +542,26 @@ def test_config_section_validation():
         with pytest.raises(ConfigError) as err:
             build(MqttConfig, data, "mqtt")
         assert str(err.value) == message
-    with pytest.raises(ConfigError, match="topic_prefix='edged/#' is not a usable topic prefix"):
+    with pytest.raises(ConfigError, match="topic_prefix='edged/#' holds a wildcard"):
         build(MqttConfig, {"topic_prefix": "edged/#"}, "mqtt")
     with pytest.raises(ConfigError, match=r"\$EDGED_MQTT_PASSWORD is set but mqtt.username is not"):
         resolve_password(MqttConfig(), {"EDGED_MQTT_PASSWORD": "x"})
     assert build(MqttConfig, {"topic_prefix": "home/diarization"}, "mqtt").topic_prefix == "home/diarization"
+
+
+def test_world_readable_password_file_is_warned_about(tmp_path, caplog):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-Pw\n")
+    secret.chmod(0o644)
+    config = MqttConfig(username="u", password_file=secret)
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.mqtt"):
+        assert resolve_password(config) == "s3cret-Pw"
+    assert f"mqtt.password_file={secret} is readable by every user (mode 0644); chmod 600 it" in caplog.text
+    caplog.clear()
+    secret.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.mqtt"):
+        resolve_password(config)
+    assert caplog.text == ""
 
 
 def test_turn_refused_by_the_broker_leaves_the_spool_counted(tmp_path, spool, caplog):

@@ -92,6 +92,10 @@ def resolve_password(config: MqttConfig, environ: dict[str, str] | None = None) 
         return config.password
     if config.password_file is not None:
         try:
+            mode = Path(config.password_file).stat().st_mode
+            if mode & 0o004:
+                log.warning("mqtt.password_file=%s is readable by every user (mode %04o); chmod 600 it",
+                            config.password_file, mode & 0o7777)
             text = Path(config.password_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
