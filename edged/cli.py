@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edged.sources.file import file_blocks, paced, pcm_blocks
-from edged.errors import ConfigError, EdgedError
+from edged.errors import BundleError, ConfigError, EdgedError
 from edged.messages import TurnEvent, format_rttm
 from edged.diarize.params import PRESETS, PipelineParams
 from edged.models.blocks import load_models
@@ -24,6 +24,8 @@ from edged.settings import DEFAULT_PATH
 
 log = logging.getLogger("edged")
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus: a bad config is not retried
+# start-up failures that restarting cannot fix: the config, the model bundle, an unusable spool folder
+CONFIG_CLASS = (ConfigError, BundleError)
 
 
 def _positive_threads(text: str) -> int:
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edged.service.check import run_checks
 
             return run_checks(args.config, args.overrides)
-    except ConfigError as exc:
+    except CONFIG_CLASS as exc:
         print(f"edged: error: {exc}", file=sys.stderr)
         return EX_CONFIG if args.command == "run" else 1
     except EdgedError as exc:

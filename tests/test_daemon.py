@@ -131,7 +131,7 @@ def test_replayed_file_reaches_mqtt_with_the_same_turns_as_diarize(bundle, data_
     # the local event log has the same turns
     logged = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["seq"] for e in logged if e["type"] == "turn"] == [t["seq"] for t in got]
-    assert "stopped: %d turns published" % len(got) in out
+    assert f"stopped: {len(got)} turns produced this run, {len(got)} delivered, 0 dropped" in out
 
 
 def test_sigterm_flushes_open_turns_and_publishes_offline(bundle, data_dir, broker, tmp_path):

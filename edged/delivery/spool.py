@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.config import SpoolConfig
-from edged.errors import EdgedError
+from edged.errors import ConfigError, EdgedError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,10 @@ _FSYNC = getattr(os, "fdatasync", os.fsync)
 
 class SpoolError(EdgedError):
     """The spool folder cannot be used (permissions, in use, disk error) or a record is unusable."""
+
+
+class SpoolFolderError(SpoolError, ConfigError):
+    """The spool folder cannot be created, locked or read (path, permissions): a configuration matter."""
 
 
 class SpoolWriteError(SpoolError):
@@ -200,8 +204,8 @@ class Spool:
             self._recover()
         except OSError as exc:
             self._release()
-            raise SpoolError(f"spool folder {self.path} is not usable ({exc.strerror or exc}); "
-                             "fix spool.path or its permissions") from None
+            raise SpoolFolderError(f"spool folder {self.path} is not usable ({exc.strerror or exc}); "
+                                   "fix spool.path or its permissions") from None
         except SpoolError:
             self._release()
             raise

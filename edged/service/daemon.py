@@ -7,6 +7,9 @@ runs on its own thread behind a bounded queue; paho runs its network loop on ano
 Signals: SIGTERM/SIGINT stop (flush the open turns, publish them, ``offline``), SIGHUP reloads
 the config (speaker state is kept when the stream geometry is unchanged; a config that fails
 validation is logged and the old one kept).
+
+A turn the spool cannot write (disk full) is counted as dropped and the daemon keeps running;
+shutdown closes the publisher (``offline``) and the spool whatever failed before.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Sequence
 
 from edged.config import DaemonConfig
 from edged.settings import load_config
+from edged.delivery.spool import SpoolWriteError
 from edged.errors import EdgedError
 from edged.messages import ActivityEvent, TurnEvent
 from edged.models.blocks import Models, load_models
@@ -89,7 +93,12 @@ class Daemon:
         self._reload = False
         self.started = time.monotonic()
         self.audio_seconds = 0.0
-        self.turns_published = 0
+        self.turns_produced = 0  # final turns the pipeline made this run
+        self.turns_unspooled = 0  # of those, turns the spool could not write (dropped)
+        self.spool = None
+        self.publisher = None
+        self.source = None
+        self.diarizer = None
         self._events_file = None
         self._stream_seconds = 0.0  # audio pushed into the current diarizer
         self._source_seconds = 0.0  # audio delivered by the current source
@@ -103,14 +112,14 @@ class Daemon:
         self.notifier.status("loading models")
         self.models = self._load_models(c)
         self._open_spool_and_publisher(c)
-        self.source = open_source(c, self.models.sample_rate, self.replay_speed)
-        self.source.start()
-        self._new_diarizer(c)
-        self._open_events_file(c)
-        log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
-                 c.audio.file if c.audio.source == "file" else c.audio.device, c.mqtt.host, c.mqtt.port)
-        self.notifier.ready(f"running: device {c.device}")
         try:
+            self.source = open_source(c, self.models.sample_rate, self.replay_speed)
+            self.source.start()
+            self._new_diarizer(c)
+            self._open_events_file(c)
+            log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
+                     c.audio.file if c.audio.source == "file" else c.audio.device, c.mqtt.host, c.mqtt.port)
+            self.notifier.ready(f"running: device {c.device}")
             self._loop()
         finally:
             self._shutdown()
@@ -154,19 +163,32 @@ class Daemon:
                 self.publisher.publish_stats(self.stats())
 
     def _shutdown(self) -> None:
+        """Flush the open turns, then always stop the publisher (``offline``) and close the spool."""
         self.notifier.stopping()
         log.info("stopping: flushing the open turns")
-        try:
-            self.source.stop()
-        except Exception as exc:  # the device may be gone; the flush below matters more
-            log.warning("audio source did not stop cleanly: %s", exc)
-        self._emit(self.diarizer.flush())
-        self.publisher.publish_stats(self.stats())
-        self.publisher.stop()
-        self.spool.close()
-        if self._events_file is not None:
-            self._events_file.close()
-        log.info("stopped: %d turns published this run, spool depth %d", self.turns_published, self.spool.depth)
+        steps = [("stop the audio source", self.source.stop if self.source is not None else None),
+                 ("flush the open turns", (lambda: self._emit(self.diarizer.flush())) if self.diarizer else None),
+                 ("publish the last stats", (lambda: self.publisher.publish_stats(self.stats()))
+                  if self.diarizer and self.publisher else None),
+                 ("stop the MQTT publisher", self.publisher.stop if self.publisher is not None else None),
+                 ("close the spool", self.spool.close if self.spool is not None else None),
+                 ("close the events file", self._events_file.close if self._events_file is not None else None)]
+        for what, step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as exc:  # the next steps (offline, closing the spool) matter more
+                log.error("stopping: could not %s (%s); going on", what, exc)
+        if self.spool is not None:
+            log.info("stopped: %s", self.summary())
+
+    def summary(self) -> str:
+        """This run's turns: produced, delivered (acknowledged by the broker), dropped, still spooled."""
+        delivered = self.spool.acked if self.spool is not None else 0
+        depth = self.spool.depth if self.spool is not None else 0
+        return (f"{self.turns_produced} turns produced this run, {delivered} delivered, {self.turns_unspooled} "
+                f"dropped (could not be spooled); spool depth {depth}")
 
     # --- pieces ----------------------------------------------------------------------------
     def _apply_logging(self) -> None:
@@ -197,8 +219,7 @@ class Daemon:
         for event in events:
             if isinstance(event, TurnEvent):
                 payload = turn_payload(event, device)
-                seq = payload["seq"] = self.publisher.publish_turn(payload)
-                self.turns_published += 1
+                seq = payload["seq"] = self._spool_turn(payload)
                 log.debug("turn %s %s %.2f-%.2f", seq, event.speaker, event.start, event.end)
             else:
                 payload = active_payload(event, device, self.diarizer.wall_origin)
@@ -206,6 +227,16 @@ class Daemon:
             if self._events_file is not None:
                 self._events_file.write(json.dumps({"type": event.to_dict()["type"], **payload}) + "\n")
                 self._events_file.flush()
+
+    def _spool_turn(self, payload: dict[str, Any]) -> int | None:
+        """Hand a turn to the publisher (spooled first); its seq, or None when the spool could not
+        write it (counted as dropped and logged by the spool; the daemon goes on)."""
+        self.turns_produced += 1
+        try:
+            return self.publisher.publish_turn(payload)
+        except SpoolWriteError:
+            self.turns_unspooled += 1
+            return None
 
     def stats(self) -> dict[str, Any]:
         """The ``stats`` payload: uptime, step latency, real-time factor, audio and queue figures."""
@@ -222,7 +253,8 @@ class Daemon:
             "step_ms_p95": None if s.steps == 0 else round(s.percentile(95), 1),
             "rtf": None if p50 != p50 else round(p50 / step_ms, 3),
             "speakers": self.diarizer.clustering.num_speakers,
-            "turns_published": self.turns_published,
+            "turns_produced": self.turns_produced,
+            "turns_unspooled": self.turns_unspooled,
             "bad_samples": s.bad_samples,
             "audio": source_stats(self.source),
         }
