@@ -347,3 +347,37 @@ def test_daemon_messages_name_the_cause(bundle, data_dir, broker, tmp_path):
     assert not [line for line in text.splitlines() if not line.startswith("edged: ")], text[-3000:]
     dash = run_once(config, "config", "--set", "device_id=-")
     assert dash.returncode == 0 and "device_id: '-'" in dash.stdout
+
+
+# --- scripts/arm64/run.sh: a cached root left broken by an interrupted apt-get ------------------------
+def _root_damage(root: Path, key: str) -> str:
+    common = REPO / "scripts" / "arm64" / "common.sh"
+    proc = subprocess.run(["bash", "-c", f'. "{common}"; root_damage "$1" "$2"', "-", str(root), key],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_arm64_cached_root_is_rebuilt_when_dpkg_was_interrupted(tmp_path):
+    """The check run.sh makes before reusing the cached root, on a root's dpkg files (no qemu needed)."""
+    root = tmp_path / "root"
+    for f in ("usr/bin/dpkg", "usr/bin/apt-get", "bin/bash"):
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_text("")
+    dpkg = root / "var" / "lib" / "dpkg"
+    (dpkg / "updates").mkdir(parents=True)
+    (dpkg / "info").mkdir()
+    package = "Package: {name}\nStatus: install ok {state}\nPriority: optional\nSection: misc\n" \
+              "Maintainer: x <x@example.org>\nArchitecture: arm64\nVersion: 1.0\nDescription: x\n\n"
+    (dpkg / "status").write_text(package.format(name="libc6", state="installed"))
+    (root / ".edged-arm64-root").write_text("key-1\n")
+    assert _root_damage(root, "key-1") == ""
+    assert _root_damage(root, "key-2") == "built from another key"
+    (dpkg / "updates" / "0001").write_text("")  # apt-get killed by ENOSPC while dpkg ran
+    assert _root_damage(root, "key-1") == "dpkg was interrupted (pending entries in /var/lib/dpkg/updates)"
+    (dpkg / "updates" / "0001").unlink()
+    (dpkg / "status").write_text(package.format(name="libc6", state="installed")
+                                 + package.format(name="python3", state="half-configured"))
+    assert _root_damage(root, "key-1") == "dpkg left packages unfinished: python3 (half-configured)"
+    (root / ".edged-arm64-root").unlink()
+    assert _root_damage(root, "key-1") == "no build stamp (an interrupted build)"
