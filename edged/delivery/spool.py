@@ -494,11 +494,16 @@ class Spool:
         if not self._unsynced_acks or self._ack_fd is None:
             return
         live = self._unsynced_acks
+        size = os.fstat(self._ack_fd).st_size
         try:
             _write_all(self._ack_fd, b"".join(_encode_ack(seq) for seq in live))
             if self.config.fsync:
                 _FSYNC(self._ack_fd)
         except OSError as exc:
+            try:  # a partial entry would shift every later one: cut it off
+                os.ftruncate(self._ack_fd, size)
+            except OSError:
+                pass
             if len(self._unsynced_acks) == 1:
                 log.warning("cannot write to spool %s (%s); acknowledgements are kept in memory until there is "
                             "room (a restart before then sends those turns again)",
