@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from edged.config import DEFAULT_PATH
 from edged.diarize.params import PRESETS, PipelineParams
-from edged.errors import ConfigError, EdgedError
+from edged.errors import BundleError, ConfigError, EdgedError
 
 if TYPE_CHECKING:
     from edged.diarize.pipeline import StreamingDiarizer
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edged")
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus: a bad config is not retried
+# start-up failures that restarting cannot fix: the config, the model bundle, an unusable spool folder
+CONFIG_CLASS = (ConfigError, BundleError)
 
 
 def _positive_threads(text: str) -> int:
@@ -207,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edged.service.check import run_checks
 
             return run_checks(args.config, args.overrides)
-    except ConfigError as exc:
+    except CONFIG_CLASS as exc:
         print(f"edged: error: {exc}", file=sys.stderr)
         return EX_CONFIG if args.command == "run" else 1
     except EdgedError as exc:

@@ -52,6 +52,24 @@ class AudioConfig:
 
 
 _BAD_TOPIC = re.compile(r"[#+\x00]|^/|/$|//")
+# MQTT topic names are at most 65535 bytes (UTF-8); room is kept for the longest suffix edged adds
+TOPIC_MAX_BYTES = 65535
+_SUFFIX_ROOM = 100
+
+
+def topic_prefix_problem(value: str) -> str | None:
+    """Why ``value`` cannot prefix edged's topics (None when it can)."""
+    if not value:
+        return "is empty"
+    if value.startswith("$"):
+        return "starts with $, which brokers reserve for themselves ($SYS/...) and refuse publishes on"
+    if _BAD_TOPIC.search(value):
+        return "holds a wildcard (+ or #), a NUL, an empty level or a leading/trailing /"
+    size = len(value.encode("utf-8"))
+    if size > TOPIC_MAX_BYTES - _SUFFIX_ROOM:
+        return (f"is {size} bytes; an MQTT topic is at most {TOPIC_MAX_BYTES} bytes and edged appends up to "
+                f"{_SUFFIX_ROOM}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -102,9 +120,11 @@ class MqttConfig:
             raise ValueError("host is empty; set the broker's host name or IP address")
         for name in ("topic_prefix", "discovery_prefix"):
             value = getattr(self, name)
-            if value is not None and (not value or _BAD_TOPIC.search(value)):
-                raise ValueError(f"{name}={value!r} is not a usable topic prefix; use levels like 'edged/kitchen' "
-                                 "without +, #, or leading/trailing /")
+            problem = None if value is None else topic_prefix_problem(value)
+            if problem is not None:
+                shown = repr(value) if len(value) <= 60 else repr(value[:40]) + "..."
+                raise ValueError(f"{name}={shown} {problem}; use levels like 'edged/kitchen' without $, +, #, "
+                                 "or a leading/trailing /")
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError(f"reconnect_min_s={self.reconnect_min_s} is above reconnect_max_s="
                              f"{self.reconnect_max_s}; lower reconnect_min_s")

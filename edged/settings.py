@@ -10,6 +10,7 @@ the value and what is allowed, e.g. ``mqtt.port=70000 is out of range; allowed 1
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from edged.diarize.params import PRESETS, PipelineParams
 from edged.errors import ConfigError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _kind(tp: Any) -> str:
@@ -156,6 +158,8 @@ def set_path(data: dict[str, Any], dotted: str, text: str) -> None:
         value = yaml.safe_load(text) if text != "" else None
     except yaml.YAMLError:
         value = text
+    if isinstance(value, (list, dict)) and not text.lstrip().startswith(("[", "{")):
+        value = text  # block YAML such as "-" or "a: b" in one value is meant literally
     node = data
     for key in keys[:-1]:
         child = node.get(key)
@@ -221,8 +225,29 @@ def config_from_mapping(data: Any) -> DaemonConfig:
                         mqtt=config.mqtt, spool=config.spool, logging=config.logging)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"key {key!r} is written twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+_YAML_HINTS = {
+    "sequence entries are not allowed here": "; quote a value that starts with - (e.g. device_id: \"-\")",
+    "mapping values are not allowed here": "; quote a value that holds ': '",
+}
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse a YAML config file; one-line ConfigError naming the file on any problem."""
+    """Parse a YAML config file; one-line ConfigError naming the file on any problem, a key
+    written twice included."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -230,12 +255,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}{_YAML_HINTS.get(problem, '')}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -260,13 +287,18 @@ def load_config(
 ) -> DaemonConfig:
     """File (if given) < environment ``EDGED__*`` < ``overrides`` (``section.key=value``)."""
     data = read_yaml(path) if path is not None else {}
+    in_file = isinstance(data.get("mqtt"), Mapping) and data["mqtt"].get("password") is not None
     environ = os.environ if environ is None else environ
     for item in [*env_overrides(environ), *overrides]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         set_path(data, key.strip(), value)
-    return config_from_mapping(data)
+    config = config_from_mapping(data)
+    if in_file and config.mqtt.password is not None:
+        log.warning("%s: mqtt.password is written in the config file; move it to mqtt.password_file "
+                    "(mode 0600) or $EDGED_MQTT_PASSWORD", path)
+    return config
 
 
 def pipeline_to_yaml(params: PipelineParams) -> str:

@@ -168,6 +168,14 @@ class Mosquitto:
         self.stop()
         self.start()
 
+    def allow(self, acl: str) -> None:
+        """Replace the acl_file text and make the running broker re-read it (SIGHUP)."""
+        (self.folder / "acl").write_text(acl)
+        assert self.proc is not None
+        mark = self.log_tail(10**7).count("Reloading config")
+        self.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: self.log_tail(10**7).count("Reloading config") > mark, 20, what="mosquitto reload")
+
     def pause(self) -> None:
         """SIGSTOP: connections stay open but nothing is read or acknowledged (a hung broker)."""
         assert self.proc is not None

@@ -37,6 +37,12 @@ def test_examples_are_valid(name):
     ("device_id: a/b\n", "device_id='a/b' is not allowed"),
     ("- a\n- b\n", "must be a mapping of sections"),
     ("mqtt: [\n", "invalid YAML at line 2"),
+    ("mqtt:\n  topic_prefix: $SYS/edged\n", "mqtt: topic_prefix='$SYS/edged' starts with $, which brokers reserve"),
+    ("mqtt:\n  topic_prefix: a/+/b\n", "mqtt: topic_prefix='a/+/b' holds a wildcard (+ or #)"),
+    ("mqtt:\n  topic_prefix: " + "x" * 70000 + "\n", "is 70000 bytes; an MQTT topic is at most 65535 bytes"),
+    ("mqtt:\n  host: a\n  port: 1\n  host: b\n", "key 'host' is written twice (lines 2 and 4); keep one"),
+    ("device_id: a\ndevice_id: b\n", "key 'device_id' is written twice (lines 1 and 2); keep one"),
+    ("device_id: -\n", "quote a value that starts with - (e.g. device_id: \"-\")"),
 ])
 def test_bad_values_fail_with_one_line_naming_key_value_and_allowed(tmp_path, text, message):
     path = tmp_path / "c.yaml"
@@ -44,6 +50,25 @@ def test_bad_values_fail_with_one_line_naming_key_value_and_allowed(tmp_path, te
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bare_dash_override_is_a_string(tmp_path):
+    assert load_config(None, ["device_id=-"], environ={}).device_id == "-"
+    assert load_config(None, environ={"EDGED__DEVICE_ID": "-"}).device_id == "-"
+    assert load_config(None, ["audio.device=a: b"], environ={}).audio.device == "a: b"
+
+
+def test_a_password_written_in_the_file_is_warned_about(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  username: u\n  password: hunter2\n")
+    with caplog.at_level("WARNING", logger="edged.settings"):
+        load_config(path, environ={})
+    assert "mqtt.password is written in the config file; move it to mqtt.password_file" in caplog.text
+    assert "hunter2" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edged.settings"):
+        load_config(None, ["mqtt.username=u", "mqtt.password=x"], environ={})
+    assert caplog.text == ""
 
 
 def test_missing_file_names_the_fix(tmp_path):

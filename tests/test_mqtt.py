@@ -337,7 +337,8 @@ def test_stats_carry_the_publisher_figures(started, spool):
     wait_for(lambda: sub.on("edged/dev/stats"), TIMEOUT, what="stats")
     stats = sub.turns("edged/dev/stats")[0]
     assert stats == {"device_id": "dev", "uptime_s": 1.5, "reconnects": 0, "mqtt_protocol": "5",
-                     "spool_depth": 0, "spool_dropped": 0, "spool_corrupt": 0, "rejected": 0}
+                     "turns_delivered": 1, "spool_depth": 0, "spool_dropped": 0, "spool_dropped_full": 0,
+                     "spool_dropped_nospace": 0, "spool_corrupt": 0, "rejected": 0}
     assert not sub.on("edged/dev/stats")[0].retain
     pub.publish_stats({"final": True})  # the daemon's last stats right before stop: still sent
     pub.stop()
@@ -360,7 +361,7 @@ def test_home_assistant_device_discovery(broker, spool):
     assert config["device"]["identifiers"] == ["edged_dev"] and config["origin"]["name"] == "edged"
     components = config["components"]
     assert set(components) == {"edged_dev_speaker", "edged_dev_speakers_count", "edged_dev_last_speaker",
-                               "edged_dev_reconnects", "edged_dev_spool_depth"}
+                               "edged_dev_reconnects", "edged_dev_spool_depth", "edged_dev_problems"}
     for key, component in components.items():
         assert component["platform"] == "sensor" and component["unique_id"] == key
     speaker, count = components["edged_dev_speaker"], components["edged_dev_speakers_count"]
@@ -373,6 +374,10 @@ def test_home_assistant_device_discovery(broker, spool):
     render = lambda c, value: env.from_string(c["value_template"]).render(value_json=value)  # noqa: E731
     assert render(speaker, two) == "speaker_0, speaker_2" and render(count, two) == "2"
     assert render(speaker, {"speakers": []}) == "none" and render(count, {"speakers": []}) == "0"
+    problems = components["edged_dev_problems"]
+    assert problems["state_topic"] == "edged/dev/health"
+    assert render(problems, {"ok": True, "problems": []}) == "none"
+    assert render(problems, {"ok": False, "problems": ["a", "b"]}) == "a; b"
 
 
 # --- protocol -----------------------------------------------------------------------------------
@@ -394,7 +399,8 @@ def test_protocol_choice(broker, spool, protocol, expected):
         assert pub.protocol == expected
         wait_for(lambda: broker.log_tail(200000).count(" as edged-dev (p") >= 1, TIMEOUT, what="log line")
         assert _connected_protocol_in_log(broker, "edged-dev") == {"5": "5", "3.1.1": "2"}[expected]
-        assert check_broker(config_for(broker, protocol=protocol), "dev").endswith(f"(MQTT {expected})")
+        assert check_broker(config_for(broker, protocol=protocol), "dev").endswith(
+            f"(MQTT {expected}) and a probe on edged/dev/turn")
     finally:
         pub.stop()
         sub.close()
@@ -412,7 +418,7 @@ def test_auto_falls_back_to_3_1_1_when_the_broker_refuses_5(broker, spool):
         wait_for(lambda: sub.turns("edged/dev/turn"), TIMEOUT, what="the turn through the proxy")
         assert sub.turns("edged/dev/turn")[0]["seq"] == seq
         assert _connected_protocol_in_log(broker, "edged-dev") == "2"
-        assert check_broker(config_for(broker, port=proxy.port), "dev").endswith("(MQTT 3.1.1)")
+        assert check_broker(config_for(broker, port=proxy.port), "dev").endswith("(MQTT 3.1.1) and a probe on edged/dev/turn")
         with pytest.raises(EdgedError, match="does not support MQTT 5; set mqtt.protocol to 3.1.1"):
             check_broker(config_for(broker, port=proxy.port, protocol="5"), "dev")
     finally:
@@ -453,7 +459,7 @@ def test_tls_with_client_certificate_and_password(secure_broker, spool):
                password=PASSWORD)
     good = config_for(secure_broker, **tls, cert_file=certs.client_cert, key_file=certs.client_key)
     assert check_broker(good, "dev") == (f"mqtts://localhost:{secure_broker.tls_port} accepted user edged "
-                                         "(MQTT 5, TLS with client certificate)")
+                                         "(MQTT 5, TLS with client certificate) and a probe on edged/dev/turn")
     sub = Subscriber(secure_broker.port, ["edged/dev/turn"], username="reader", password="reader-pw")
     pub = MqttPublisher(good, "dev", spool)
     pub.start()
@@ -479,7 +485,7 @@ def test_tls_with_client_certificate_and_password(secure_broker, spool):
 def test_password_sources_and_wrong_password(secure_broker, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("EDGED_MQTT_PASSWORD", raising=False)
     caplog.set_level(logging.DEBUG)
-    ok = f"mqtt://127.0.0.1:{secure_broker.port} accepted user edged (MQTT 5)"
+    ok = f"mqtt://127.0.0.1:{secure_broker.port} accepted user edged (MQTT 5) and a probe on edged/dev/turn"
     assert check_broker(config_for(secure_broker, username=USER, password=PASSWORD), "dev") == ok
     secret = tmp_path / "mqtt-password"
     secret.write_text(PASSWORD + "\n")
@@ -542,24 +548,114 @@ def test_config_section_validation():
         with pytest.raises(ConfigError) as err:
             build(MqttConfig, data, "mqtt")
         assert str(err.value) == message
-    with pytest.raises(ConfigError, match="topic_prefix='edged/#' is not a usable topic prefix"):
+    with pytest.raises(ConfigError, match="topic_prefix='edged/#' holds a wildcard"):
         build(MqttConfig, {"topic_prefix": "edged/#"}, "mqtt")
     with pytest.raises(ConfigError, match=r"\$EDGED_MQTT_PASSWORD is set but mqtt.username is not"):
         resolve_password(MqttConfig(), {"EDGED_MQTT_PASSWORD": "x"})
     assert build(MqttConfig, {"topic_prefix": "home/diarization"}, "mqtt").topic_prefix == "home/diarization"
 
 
-def test_turn_refused_by_the_broker_leaves_the_spool_counted(tmp_path, spool, caplog):
-    """An ACL that forbids the turn topic: MQTT 5 PUBACK "not authorized" -> logged, counted, removed."""
-    broker = Mosquitto(tmp_path / "acl-broker", acl="topic readwrite edged/dev/status\n").start()
+def test_world_readable_password_file_is_warned_about(tmp_path, caplog):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-Pw\n")
+    secret.chmod(0o644)
+    config = MqttConfig(username="u", password_file=secret)
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.mqtt"):
+        assert resolve_password(config) == "s3cret-Pw"
+    assert f"mqtt.password_file={secret} is readable by every user (mode 0644); chmod 600 it" in caplog.text
+    caplog.clear()
+    secret.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.mqtt"):
+        resolve_password(config)
+    assert caplog.text == ""
+
+
+DENY_TURN = ("topic readwrite edged/dev/status\ntopic readwrite edged/dev/active\n"
+             "topic readwrite edged/dev/stats\ntopic readwrite edged/dev/health\ntopic read edged/dev/turn\n")
+
+
+def test_turn_refused_by_the_broker_stays_spooled_and_is_delivered_once_allowed(tmp_path, spool, caplog):
+    """An ACL that forbids the turn topic: MQTT 5 PUBACK "not authorized" -> kept in the spool,
+    logged with the fix, counted, reported on the retained health topic; once the ACL allows
+    it (mosquitto re-reads its acl_file on SIGHUP) every turn arrives, in order."""
+    broker = Mosquitto(tmp_path / "acl-broker", acl=DENY_TURN).start()
+    sub = Subscriber(broker.port, ["edged/dev/turn", "edged/dev/health"])
     pub = MqttPublisher(config_for(broker), "dev", spool)
     try:
         with caplog.at_level(logging.WARNING, logger="edged.delivery.mqtt"):
             pub.start()
-            pub.publish_turn(turn(0))
-            wait_for(lambda: spool.depth == 0, TIMEOUT, what="the refused turn leaving the spool")
-        assert pub.rejected == 1
-        assert "broker rejected turn seq 1 (Not authorized); dropped from the spool" in caplog.text
+            sent = [pub.publish_turn(turn(k)) for k in range(5)]
+            wait_for(lambda: pub.rejected >= 3, TIMEOUT, what="refusals, retried")
+            assert spool.depth == 5 and [r["seq"] for r in spool.pending()] == sent
+            health = wait_for(lambda: [h for h in sub.turns("edged/dev/health") if not h["ok"]], TIMEOUT,
+                              what="health with the problem")[-1]
+            assert health["problems"] == [pub.rejection]
+            assert (f"refused turn seq 1 on edged/dev/turn (Not authorized); it stays in the spool and is sent "
+                    "again: allow this client to publish on edged/dev/turn in the broker's ACL") in caplog.text
+            assert caplog.text.count("refused turn seq") == 1  # once per episode, not per retry
+            assert sub.turns("edged/dev/turn") == []
+            broker.allow("topic readwrite edged/#\n")
+            sent += [pub.publish_turn(turn(k)) for k in range(5, 8)]
+            wait_for(lambda: spool.depth == 0, TIMEOUT, what="the held turns delivered")
+            wait_for(lambda: len(sub.turns("edged/dev/turn")) >= 8, TIMEOUT, what="8 turns")
+            got = [t["seq"] for t in sub.turns("edged/dev/turn")]
+            assert got == sent  # each once, in seq order
+            wait_for(lambda: sub.turns("edged/dev/health")[-1]["ok"], TIMEOUT, what="health ok again")
+            assert "accepts turns again" in caplog.text and pub.rejection is None
+            assert spool.dropped == 0
     finally:
         pub.stop()
+        sub.close()
         broker.stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_check_detects_a_turn_topic_the_acl_denies(tmp_path, protocol):
+    broker = Mosquitto(tmp_path / "acl-broker", acl=DENY_TURN.replace("topic read edged/dev/turn\n", "")).start()
+    try:
+        with pytest.raises(EdgedError) as err:
+            check_broker(config_for(broker, protocol=protocol), "dev", timeout=2.0)
+        message = str(err.value)
+        assert "\n" not in message and "edged/dev/turn" in message
+        if protocol == "5":
+            assert "refused a publish on edged/dev/turn (Not authorized)" in message
+            assert "allow this client to publish on edged/dev/turn in the broker's ACL" in message
+        else:
+            assert "did not come back" in message and "MQTT 3.1.1 acknowledges a denied publish" in message
+        broker.allow("topic readwrite edged/#\n")
+        assert check_broker(config_for(broker, protocol=protocol), "dev").endswith("a probe on edged/dev/turn")
+    finally:
+        broker.stop()
+
+
+def test_auto_fallback_to_3_1_1_warns_that_denials_are_silent(broker, spool, caplog):
+    proxy = V311OnlyProxy(broker.port)
+    pub = MqttPublisher(config_for(broker, port=proxy.port), "dev", spool)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edged.delivery.mqtt"):
+            pub.start()
+            wait_for(lambda: pub.connected and pub.protocol == "3.1.1", TIMEOUT, what="3.1.1 connection")
+        assert ("reconnecting with MQTT 3.1.1, under which the broker acknowledges turns its ACL denies as if "
+                "delivered: run edged check") in caplog.text
+    finally:
+        pub.stop()
+        proxy.close()
+
+
+def test_client_id_takeover_names_the_cause(broker, spool, caplog):
+    pub = MqttPublisher(config_for(broker), "dev", spool)
+    other = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="edged-dev", protocol=paho.MQTTv5)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edged.delivery.mqtt"):
+            pub.start()
+            wait_for(lambda: pub.connected, TIMEOUT, what="connected")
+            other.connect("127.0.0.1", broker.port)
+            other.loop_start()
+            wait_for(lambda: "connection to" in caplog.text, TIMEOUT, what="the lost connection logged")
+        assert "Unspecified error" not in caplog.text
+        assert "another client connected with client id 'edged-dev'" in caplog.text
+        assert "give each device its own device_id or mqtt.client_id" in caplog.text
+    finally:
+        other.disconnect()
+        other.loop_stop()
+        pub.stop()

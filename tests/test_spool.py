@@ -17,7 +17,11 @@ import pytest
 
 from edged.errors import ConfigError, EdgedError
 from edged.settings import build
-from edged.delivery.spool import HEADER, MAGIC, Spool, SpoolConfig, SpoolError, scan_records
+from edged.delivery.spool import (HEADER, MAGIC, MAX_SEQ, Spool, SpoolConfig, SpoolError, SpoolWriteError,
+                                  scan_records)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from smallfs import fill, small_tmpfs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +86,7 @@ def test_fully_acked_segments_are_deleted_and_seq_stays_monotonic(spool_dir):
         assert len(segments(spool_dir)) == 1  # only the segment still open for appends
     with open_spool(spool_dir, max_bytes=64 * 1024) as spool:
         assert segments(spool_dir) == []  # compacted at open: every segment acknowledged
-        assert (spool_dir / "acks.log").stat().st_size == 0
+        assert (spool_dir / "acks.log").stat().st_size == 12  # only the highest acknowledged seq
         assert spool.append(turn(0))["seq"] == 201  # from the seq floor file
 
 
@@ -95,7 +99,7 @@ def test_ack_log_is_compacted(spool_dir):
         assert spool.depth == 0 and len(segments(spool_dir)) == 1
     with open_spool(spool_dir) as spool:
         assert spool.depth == 0 and segments(spool_dir) == []
-        assert (spool_dir / "acks.log").stat().st_size == 0
+        assert (spool_dir / "acks.log").stat().st_size == 12
         assert spool.append({"i": 0})["seq"] == 3001
 
 
@@ -245,7 +249,7 @@ def test_full_spool_drops_the_oldest_unacknowledged_records(spool_dir, caplog):
     print(f"spool full: 300 appended, {dropped} dropped, {len(seqs)} kept in {max_bytes} bytes")
     with open_spool(spool_dir, max_bytes=max_bytes) as spool:
         assert [r["seq"] for r in spool.pending()] == seqs
-        assert spool.dropped == 0
+        assert spool.dropped == spool.dropped_full == dropped  # persisted across the restart
         spool.ack(seqs[-1])  # an ack of a dropped seq is ignored, the rest still pending
         spool.ack(1)
         assert spool.depth == len(seqs) - 1
@@ -291,3 +295,120 @@ def test_config_section():
 def test_record_struct_is_little_endian():
     assert HEADER.size == 20 and HEADER.format == "<4sIQI"
     assert struct.calcsize("<QI") == 12
+
+
+def delivered_all(spool: Spool, n: int) -> int:
+    """Append and acknowledge ``n`` turns (every segment deleted once acknowledged); the last seq."""
+    last = 0
+    for i in range(n):
+        last = spool.append(turn(i))["seq"]
+        spool.ack(last)
+    return last
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbled", "lowered", "empty", "huge", "beyond 2^53"])
+def test_seq_floor_lost_or_damaged_never_reuses_a_delivered_seq(spool_dir, caplog, damage):
+    """Every record delivered, every segment gone: the floor file alone held the next seq, until
+    acks.log started keeping the highest acknowledged seq."""
+    with open_spool(spool_dir, max_bytes=64 * 1024) as spool:
+        last = delivered_all(spool, 300)
+    open_spool(spool_dir, max_bytes=64 * 1024).close()  # deletes the last, acknowledged segment
+    floor = spool_dir / "seq"
+    assert segments(spool_dir) == [] and floor.read_text() == f"{last + 1:020d}\n"
+    {"deleted": floor.unlink, "garbled": lambda: floor.write_bytes(b"\x00\xffx12"),
+     "lowered": lambda: floor.write_text("3\n"), "empty": lambda: floor.write_text(""),
+     "huge": lambda: floor.write_text("9" * 70 + "\n"),
+     "beyond 2^53": lambda: floor.write_text(f"{2**53 + 5}\n")}[damage]()
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.spool"):
+        with open_spool(spool_dir, max_bytes=64 * 1024) as spool:
+            assert spool.append(turn(0))["seq"] == last + 1
+    if damage in ("huge", "beyond 2^53"):
+        assert "is beyond 2^53" in caplog.text
+    assert int(floor.read_text()) > last  # repaired at open
+
+
+def test_seq_floor_and_ack_log_both_lost_still_take_the_records(spool_dir):
+    with open_spool(spool_dir) as spool:
+        for i in range(5):
+            spool.append(turn(i))
+        spool.ack(5)
+    (spool_dir / "seq").unlink()
+    (spool_dir / "acks.log").unlink()
+    with open_spool(spool_dir) as spool:
+        assert spool.append(turn(9))["seq"] == 6
+
+
+def test_records_beyond_2_53_are_skipped_not_a_crash(spool_dir, caplog):
+    from edged.delivery.spool import encode_record
+
+    spool_dir.mkdir()
+    (spool_dir / "seg-00000000000000000001.log").write_bytes(
+        encode_record(1, b'{"seq":1}') + encode_record(2**63, b'{"seq":0}'))
+    with caplog.at_level(logging.WARNING, logger="edged.delivery.spool"):
+        with open_spool(spool_dir) as spool:
+            assert [r["seq"] for r in spool.pending()] == [1]
+            assert spool.append(turn(0))["seq"] == 2
+    assert "beyond 2^53" in caplog.text and MAX_SEQ == 2**53
+
+
+def test_disk_full_drops_new_turns_keeps_draining_and_resumes(tmp_path, caplog):
+    """A real full filesystem: appends fail cleanly (counted, no partial record), acks of turns
+    already spooled still apply and free space, and appends work again once there is room."""
+    with small_tmpfs(tmp_path / "fs", "256k") as fs:
+        folder = fs / "spool"
+        caplog.set_level(logging.DEBUG, logger="edged.delivery.spool")
+        spool = open_spool(folder, max_bytes=1024 * 1024)
+        first = [spool.append(turn(i))["seq"] for i in range(20)]
+        filler = fill(fs)
+        failed = 0
+        for i in range(50):
+            try:
+                spool.append(turn(i))
+            except SpoolWriteError as exc:
+                failed += 1
+                assert "No space left on device" in str(exc) and "free space" in str(exc)
+        assert failed > 0 and spool.dropped_nospace == failed
+        assert spool.write_error is not None
+        assert "turns are dropped until there is room" in caplog.text
+        # the turns spooled before keep draining: acks apply although acks.log cannot grow
+        kept = [r["seq"] for r in spool.pending()]
+        assert kept[:20] == first and kept == sorted(kept)
+        for seq in kept:
+            spool.ack(seq)
+        assert spool.depth == 0
+        filler.unlink()  # room again: no restart needed
+        after = spool.append(turn(99))
+        assert spool.write_error is None and after["seq"] > kept[-1]
+        assert "is writable again" in caplog.text
+        spool.close()
+        # nothing torn: every byte on disk is a whole record, the counts survived
+        for path in segments(folder):
+            records, corrupt = scan_records(path.read_bytes())
+            assert corrupt == []
+        with open_spool(folder, max_bytes=1024 * 1024) as again:
+            assert [r["seq"] for r in again.pending()] == [after["seq"]]
+            assert again.dropped_nospace == failed and again.skipped_corrupt == 0
+            assert again.append(turn(0))["seq"] == after["seq"] + 1
+
+
+def test_a_spool_opened_on_a_full_disk_still_works(tmp_path):
+    with small_tmpfs(tmp_path / "fs", "256k") as fs:
+        folder = fs / "spool"
+        with open_spool(folder, max_bytes=1024 * 1024) as spool:
+            for i in range(10):
+                spool.append(turn(i))
+        filler = fill(fs)
+        with open_spool(folder, max_bytes=1024 * 1024) as spool:  # compaction cannot write: not fatal
+            assert spool.depth == 10
+            for r in spool.pending():
+                spool.ack(r["seq"])
+            written = []
+            with pytest.raises(SpoolWriteError):  # the last page of the segment may hold a few more
+                for i in range(100):
+                    written.append(spool.append(turn(i))["seq"])
+        filler.unlink()
+        with open_spool(folder, max_bytes=1024 * 1024) as spool:
+            assert [r["seq"] for r in spool.pending()] == written
+            assert spool.dropped_nospace == 1
+            # (a seq no consumer can have seen, such as the dropped turn's, may come again)
+            assert spool.append(turn(0))["seq"] > (written or [10])[-1]

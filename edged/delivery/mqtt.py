@@ -9,12 +9,16 @@ Topics under ``mqtt.topic_prefix`` (default ``edged/<device_id>``):
 - ``active``: JSON, who is speaking now, QoS 1, retained (the latest only; not spooled,
   re-sent on every connect).
 - ``stats``: JSON, QoS 0, not retained, every ``mqtt.stats_interval`` (sent by the daemon;
-  the publisher adds ``reconnects``, ``mqtt_protocol`` and the spool figures).
+  the publisher adds ``reconnects``, ``mqtt_protocol``, the delivery and the spool figures).
+- ``health``: JSON, QoS 1, retained, on every connect and whenever it changes: ``ok`` and the
+  one-line ``problems`` that lose or hold back turns (the broker refusing them, a spool that
+  cannot be written).
 
 Home Assistant (``mqtt.homeassistant: true``): one retained device-discovery config
 (HA 2024.11+) on ``<discovery_prefix>/device/edged_<device_id>/config``, availability from
 ``status``; sensors "Speaker" and "Speakers count" (from ``active``), "Last speaker" (from
-``turn``) and diagnostics "MQTT reconnects" and "Spool depth" (from ``stats``).
+``turn``), diagnostics "MQTT reconnects" and "Spool depth" (from ``stats``) and "Problems"
+(from ``health``).
 
 Delivery (at-least-once): ``publish_turn`` appends the turn to the spool (fsync'd) and
 returns. One sender thread owns the paho client (connect, network loop, reconnects): once the
@@ -24,11 +28,15 @@ paho first re-sends the records it held, and only then does the thread hand newe
 new turns reach the broker in seq order; a restarted process resends ``spool.pending()``. A
 re-sent turn repeats an earlier ``seq`` (consumers deduplicate on it). Reconnects back off
 from ``reconnect_min_s``, doubling up to ``reconnect_max_s``. A turn the broker refuses
-(MQTT 5 PUBACK with a failure code, e.g. not authorized) is logged, counted in ``rejected``
-and removed from the spool, as re-sending cannot succeed.
+(MQTT 5 PUBACK with a failure code, e.g. not authorized by its ACL) stays in the spool: it is
+logged once with the fix, counted in ``rejected`` (refusals, not turns), reported on
+``health``, and after the turns in flight are answered the sender waits (same backoff) and
+sends again from the oldest unacknowledged turn, one at a time until the broker accepts one.
 
 ``protocol: auto`` connects with MQTT 5 and, when the broker refuses it (CONNACK
-"unsupported protocol version"), reconnects with MQTT 3.1.1 and stays there.
+"unsupported protocol version"), reconnects with MQTT 3.1.1 and stays there, with a warning:
+a 3.1.1 broker acknowledges a publish its ACL denies as if it were delivered, so such a
+refusal cannot be seen (``edged check`` detects it with a probe).
 
 Passwords (``mqtt.password``, ``mqtt.password_file`` or ``$EDGED_MQTT_PASSWORD``, in that
 order) are never logged.
@@ -64,6 +72,14 @@ PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 # CONNACK "Unsupported protocol version" (MQTT 5 code; paho maps a 3.1.1 broker's code 1 to it)
 _UNSUPPORTED_PROTOCOL = 0x84
 _LOGIN_REFUSED = {0x86, 0x87, 0x8C}  # bad user name or password, not authorized, bad auth method
+_SESSION_TAKEN_OVER = 0x8E
+# PUBACK failure codes -> what to change
+_REFUSAL_FIX = {
+    0x87: "allow this client to publish on {topic} in the broker's ACL",
+    0x90: "fix mqtt.topic_prefix",
+    0x95: "raise the broker's message_size_limit / max_packet_size",
+    0x97: "raise the broker's quota for this client",
+}
 
 
 @dataclass(frozen=True)
@@ -74,10 +90,11 @@ class Topics:
     turn: str
     active: str
     stats: str
+    health: str
 
     @classmethod
     def under(cls, prefix: str) -> Topics:
-        return cls(f"{prefix}/status", f"{prefix}/turn", f"{prefix}/active", f"{prefix}/stats")
+        return cls(f"{prefix}/status", f"{prefix}/turn", f"{prefix}/active", f"{prefix}/stats", f"{prefix}/health")
 
 
 def topic_prefix(config: MqttConfig, device_id: str) -> str:
@@ -91,6 +108,10 @@ def resolve_password(config: MqttConfig, environ: dict[str, str] | None = None) 
         return config.password
     if config.password_file is not None:
         try:
+            mode = Path(config.password_file).stat().st_mode
+            if mode & 0o004:
+                log.warning("mqtt.password_file=%s is readable by every user (mode %04o); chmod 600 it",
+                            config.password_file, mode & 0o7777)
             text = Path(config.password_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
@@ -149,6 +170,9 @@ def discovery(config: MqttConfig, device_id: str) -> tuple[str, dict[str, Any]]:
                state_class="total_increasing", entity_category="diagnostic"),
         sensor("spool_depth", "Spool depth", topics.stats, "{{ value_json.spool_depth }}",
                state_class="measurement", entity_category="diagnostic"),
+        sensor("problems", "Problems", topics.health,
+               "{{ value_json.problems | join('; ') if value_json.problems else 'none' }}",
+               entity_category="diagnostic", icon="mdi:alert-circle-outline"),
     ])
     payload = {
         "device": {"identifiers": [node], "name": f"edged {device_id}", "manufacturer": "edged",
@@ -209,7 +233,8 @@ class MqttPublisher:
         self.connected = False
         self.connects = 0
         self.reconnects = 0
-        self.rejected = 0
+        self.rejected = 0  # PUBACK refusals of turns (a turn refused twice counts twice)
+        self.rejection: str | None = None  # the last refusal, None once the broker accepts a turn again
         self.last_error: str | None = None
         self._client: paho.Client | None = None
         self._handed: dict[int, int] = {}  # paho mid -> seq, for the current client
@@ -218,6 +243,10 @@ class MqttPublisher:
         self._active_sent: bytes | None = None
         self._stats: bytes | None = None
         self._fallback = False
+        self._rewind = False  # a turn was refused: send again from the oldest unacknowledged one
+        self._retry_at = 0.0
+        self._refusal_delay = config.reconnect_min_s
+        self._health_sent: bytes | None = None
         self._unreachable_logged = False
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
@@ -263,13 +292,28 @@ class MqttPublisher:
         if not self.connected:
             return
         data = dict(payload)
-        data.setdefault("reconnects", self.reconnects)
-        data.setdefault("mqtt_protocol", self.protocol)
-        data.setdefault("spool_depth", self.spool.depth)
-        data.setdefault("spool_dropped", self.spool.dropped)
-        data.setdefault("spool_corrupt", self.spool.skipped_corrupt)
-        data.setdefault("rejected", self.rejected)
+        data.update(self.figures())
         self._stats = _json(data)
+
+    def figures(self) -> dict[str, Any]:
+        """Delivery and spool figures: ``turns_delivered`` (acknowledged by the broker, this run),
+        ``spool_dropped`` (lost by the spool since it was made: ``_full`` by ``spool.max_bytes``,
+        ``_nospace`` unwritable), ``rejected`` (refusals this run; the turns stay spooled)."""
+        return {
+            "reconnects": self.reconnects,
+            "mqtt_protocol": self.protocol,
+            "turns_delivered": self.spool.acked,
+            "spool_depth": self.spool.depth,
+            "spool_dropped": self.spool.dropped,
+            "spool_dropped_full": self.spool.dropped_full,
+            "spool_dropped_nospace": self.spool.dropped_nospace,
+            "spool_corrupt": self.spool.skipped_corrupt,
+            "rejected": self.rejected,
+        }
+
+    def problems(self) -> list[str]:
+        """One line per condition that loses or holds back turns now."""
+        return [p for p in (self.rejection, self.spool.write_error) if p]
 
     # --- sender thread --------------------------------------------------------------------
     def _new_client(self) -> paho.Client:
@@ -306,7 +350,9 @@ class MqttPublisher:
                 rc = client.loop(self.LOOP_S)
                 if self._fallback:
                     self._fallback = False
-                    log.warning("%s refused MQTT 5; reconnecting with MQTT 3.1.1", self.url)
+                    log.warning("%s refused MQTT 5; reconnecting with MQTT 3.1.1, under which the broker "
+                                "acknowledges turns its ACL denies as if delivered: run edged check to see that "
+                                "publishing on %s is allowed", self.url, self.topics.turn)
                     self.protocol = "3.1.1"
                     client.disconnect()
                     self._client = self._new_client()
@@ -328,15 +374,26 @@ class MqttPublisher:
         self._shutdown(self._client, is_open)
 
     def _send(self, client: paho.Client) -> None:
-        """Latest active and stats, then the next spooled turns in seq order (WINDOW at most)."""
+        """Latest active, health and stats, then the next spooled turns in seq order (WINDOW at
+        most; after a refusal, once the backoff passed, again from the oldest, one at a time)."""
         active = self._active
         if active is not None and active is not self._active_sent:
             client.publish(self.topics.active, active, qos=1, retain=True)
             self._active_sent = active
+        problems = self.problems()
+        health = _json({"device_id": self.device_id, "ok": not problems, "problems": problems})
+        if health != self._health_sent:
+            client.publish(self.topics.health, health, qos=1, retain=True)
+            self._health_sent = health
         stats, self._stats = self._stats, None
         if stats is not None:
             client.publish(self.topics.stats, stats, qos=0)
-        room = WINDOW - len(self._handed)
+        if self._rewind:
+            if self._handed or time.monotonic() < self._retry_at:
+                return
+            self._rewind = False
+            self._handed_upto = 0
+        room = (1 if self.rejection else WINDOW) - len(self._handed)
         if room <= 0:
             return
         for record in self.spool.pending(after=self._handed_upto, limit=room):
@@ -399,6 +456,7 @@ class MqttPublisher:
         log.info("connected to %s as %s (MQTT %s)%s", self.url, self.client_id, self.protocol,
                  f", reconnect {self.reconnects}" if self.reconnects else "")
         client.publish(self.topics.status, "online", qos=1, retain=True)
+        self._health_sent = None  # re-send health on every connect
         if self.config.homeassistant:
             topic, config = discovery(self.config, self.device_id)
             client.publish(topic, _json(config), qos=1, retain=True)
@@ -407,32 +465,73 @@ class MqttPublisher:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         was_connected, self.connected = self.connected, False
         if was_connected and not self._stopping.is_set():
-            log.warning("MQTT connection to %s lost (%s); reconnecting, turns are spooled", self.url, reason)
+            log.warning("MQTT connection to %s lost (%s); reconnecting, turns are spooled", self.url,
+                        lost_reason(reason, flags, self.client_id))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         seq = self._handed.pop(mid, None)
         if seq is None:
-            return  # status, active, discovery
+            return  # status, active, health, discovery
         if reason is not None and reason.is_failure:
-            self.rejected += 1
-            log.warning("broker rejected turn seq %d (%s); dropped from the spool", seq, reason)
+            self._refused(seq, reason)
+            return
+        if self.rejection is not None:
+            log.warning("%s accepts turns again (turn seq %d); sending the held ones", self.url, seq)
+            self.rejection = None
+        self._refusal_delay = self.config.reconnect_min_s
         self.spool.ack(seq)
+
+    def _refused(self, seq: int, reason: Any) -> None:
+        """A PUBACK failure: keep the turn, back off, send again from the oldest unacknowledged one."""
+        self.rejected += 1
+        fix = _REFUSAL_FIX.get(reason.value, "check the broker's log and its limits for this client")
+        message = (f"{self.url} refused turn seq {seq} on {self.topics.turn} ({reason}); it stays in the "
+                   f"spool and is sent again: {fix.format(topic=self.topics.turn)}")
+        if self.rejection is None:
+            log.warning("%s", message)
+        else:
+            log.debug("%s", message)
+        self.rejection = message
+        self._rewind = True
+        self._retry_at = time.monotonic() + self._refusal_delay
+        self._refusal_delay = min(2 * self._refusal_delay, self.config.reconnect_max_s)
+
+
+def lost_reason(reason: Any, flags: Any, client_id: str) -> str:
+    """Why a connection ended, with the fix when the cause is known or likely."""
+    value = getattr(reason, "value", None)
+    from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+    if value == _SESSION_TAKEN_OVER:
+        return (f"another client connected with client id {client_id!r} and took the session over; give each "
+                "device its own device_id or mqtt.client_id")
+    if not from_server and value == 0x80:  # paho's "Unspecified error": the socket just closed
+        return (f"the broker closed the connection: it restarted, or another client connected with client id "
+                f"{client_id!r}; if this repeats, give each device its own device_id or mqtt.client_id")
+    return str(reason)
 
 
 # --- edged check -------------------------------------------------------------------------
+PROBE_TYPE = "probe"
+
+
 def check_broker(config: MqttConfig, device_id: str, timeout: float = 5.0) -> str:
-    """Log in to the broker once; a one-line description, or EdgedError naming the problem."""
+    """Log in to the broker once and publish a probe on the turn topic (QoS 1, payload
+    ``{"type": "probe", ...}``, which consumers skip as it is no turn); a one-line description,
+    or EdgedError naming the problem. MQTT 5: the PUBACK says whether publishing is permitted.
+    MQTT 3.1.1 acknowledges a denied publish too: the probe must come back to a subscription."""
     password = resolve_password(config)
     context = tls_context(config)
     client_id = f"{config.client_id or f'edged-{device_id}'}-check"
     url = f"{'mqtts' if config.tls else 'mqtt'}://{config.host}:{config.port}"
     order = ["5", "3.1.1"] if config.protocol == "auto" else [config.protocol]
+    topic = Topics.under(topic_prefix(config, device_id)).turn
+    probe = _json({"type": PROBE_TYPE, "device_id": device_id, "by": "edged check"})
     for protocol in order:
-        error = _probe(config, client_id, protocol, password, context, timeout, url)
+        error = _probe(config, client_id, protocol, password, context, timeout, url, (topic, probe))
         if error is None:
             who = f"user {config.username}" if config.username else "anonymous"
             tls = ", TLS" + (" with client certificate" if config.cert_file else "") if config.tls else ""
-            return f"{url} accepted {who} (MQTT {protocol}{tls})"
+            return f"{url} accepted {who} (MQTT {protocol}{tls}) and a probe on {topic}"
         if error == "unsupported" and protocol != order[-1]:
             continue
         if error == "unsupported":
@@ -443,10 +542,27 @@ def check_broker(config: MqttConfig, device_id: str, timeout: float = 5.0) -> st
 
 
 def _probe(config: MqttConfig, client_id: str, protocol: str, password: str | None,
-           context: ssl.SSLContext | None, timeout: float, url: str) -> str | None:
-    """None when the broker accepted the login; "unsupported" or a one-line error otherwise."""
+           context: ssl.SSLContext | None, timeout: float, url: str,
+           publish: tuple[str, bytes] | None = None) -> str | None:
+    """None when the broker accepted the login (and the ``(topic, payload)`` publish); "unsupported"
+    or a one-line error otherwise."""
     done = threading.Event()
     result: dict[str, Any] = {}
+    published = threading.Event()
+    subscribed = threading.Event()
+    echoed = threading.Event()
+
+    def on_publish(client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        result["puback"] = reason
+        published.set()
+
+    def on_subscribe(client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        result["suback"] = reasons[0] if reasons else None
+        subscribed.set()
+
+    def on_message(client: paho.Client, userdata: Any, msg: Any) -> None:
+        if publish is not None and msg.topic == publish[0] and msg.payload == publish[1]:
+            echoed.set()
 
     def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         result.setdefault("reason", reason)
@@ -459,6 +575,9 @@ def _probe(config: MqttConfig, client_id: str, protocol: str, password: str | No
     client = _client(config, client_id, protocol, None, password, context, retry=False)
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
+    client.on_publish = on_publish
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
     client.connect_timeout = timeout
     where = f"{config.host}:{config.port}"
     try:
@@ -478,10 +597,12 @@ def _probe(config: MqttConfig, client_id: str, protocol: str, password: str | No
     client.loop_start()
     try:
         done.wait(timeout)
+        reason = result.get("reason")
+        if publish is not None and reason is not None and not reason.is_failure:
+            return _probe_publish(client, protocol, publish, timeout, url, result, published, subscribed, echoed)
     finally:
         client.disconnect()
         client.loop_stop()
-    reason = result.get("reason")
     if reason is None:
         if "closed" in result:
             hint = (" (TLS: does the broker require a client certificate, mqtt.cert_file?)" if config.tls
@@ -497,3 +618,26 @@ def _probe(config: MqttConfig, client_id: str, protocol: str, password: str | No
         return (f"{url} refused the login of {who}: {reason}; check mqtt.username and the password "
                 f"(mqtt.password, mqtt.password_file or ${PASSWORD_ENV})")
     return f"{url} refused the connection: {reason}"
+
+
+def _probe_publish(client: paho.Client, protocol: str, publish: tuple[str, bytes], timeout: float, url: str,
+                   result: dict[str, Any], published: threading.Event, subscribed: threading.Event,
+                   echoed: threading.Event) -> str | None:
+    """Publish the probe on a connected client; None when the broker took it, else a one-line error."""
+    topic, payload = publish
+    if protocol == "3.1.1":  # the PUBACK says nothing: the probe has to come back
+        client.subscribe(topic, qos=1)
+        if not subscribed.wait(timeout):
+            return f"no SUBACK from {url} within {timeout:g} s for {topic}"
+    client.publish(topic, payload, qos=1)
+    if not published.wait(timeout):
+        return f"no PUBACK from {url} within {timeout:g} s for a probe on {topic}; check the broker's log"
+    puback = result.get("puback")
+    if puback is not None and puback.is_failure:
+        fix = _REFUSAL_FIX.get(puback.value, "check the broker's log and its limits for this client")
+        return f"{url} refused a publish on {topic} ({puback}); turns would wait in the spool: {fix.format(topic=topic)}"
+    if protocol == "3.1.1" and not echoed.wait(timeout):
+        return (f"a probe published on {topic} did not come back within {timeout:g} s: the broker's ACL denies "
+                "this client publishing (or reading) there, and MQTT 3.1.1 acknowledges a denied publish as if "
+                "delivered, so turns would be lost: allow it readwrite on the topic, or use mqtt.protocol: 5")
+    return None

@@ -6,8 +6,10 @@ Designed for an SD card: append-only files, few small writes, no rewrite in plac
 Folder layout (``spool.path``)::
 
     seg-<first seq, 20 digits>.log   segment files: records appended in seq order
-    acks.log                         ack log: one entry per acknowledged seq, appended
-    seq                              next-seq floor (text), rewritten atomically
+    acks.log                         ack log: one entry per acknowledged seq, appended; its
+                                     compaction keeps the highest acknowledged seq
+    seq                              next-seq floor: 20 digits and a newline, overwritten in place
+    counters                         turns dropped so far (JSON, fixed size, overwritten in place)
     lock                             flock(2): one process per spool
 
 Record (little-endian)::
@@ -22,12 +24,21 @@ Ack entry (12 bytes): seq (uint64) + CRC-32 of those 8 bytes.
 
 Policy:
 - ``append`` assigns the next seq, writes the record and fdatasyncs it (``fsync: true``) before
-  it returns; only then may the record be published. Seqs strictly increase across restarts,
-  crashes and SIGKILL; gaps are possible (the seq of a dropped record, or of a torn record
-  whose header survived, is not reused).
+  it returns; only then may the record be published. A write or sync that fails (disk full,
+  I/O error) is cut off again (ftruncate to the old size), so no partial record stays behind;
+  the turn is counted in ``dropped_nospace`` and ``SpoolWriteError`` raised: the caller keeps
+  running, and the next append tries again. Seqs strictly increase across restarts, crashes
+  and SIGKILL and never repeat one that may have been published; gaps are possible (the seq of
+  a dropped record, or of a torn record whose header survived, is not reused by that process).
+- Seq floor: at open the next seq is one above the highest of the ``seq`` file, every record
+  and every ack entry, so a lost, damaged or lowered ``seq`` file never makes seqs repeat.
+  Seqs stay below ``MAX_SEQ`` (2^53, the largest integer every JSON consumer reads exactly):
+  a larger value on disk is ignored with a warning; ``append`` refuses to pass it.
 - ``ack`` appends an ack entry and fdatasyncs it. Acks may come in any order; an ack of an
   unknown seq (dropped, already acked) is ignored. A crash before the ack is durable means
-  the record is sent again: delivery is at-least-once, consumers deduplicate by ``seq``.
+  the record is sent again: delivery is at-least-once, consumers deduplicate by ``seq``. An
+  ack that cannot be written (disk full) still counts in memory and is written with the next
+  one, so delivery keeps draining the spool, and deleting acknowledged segments frees space.
 - Each process opening the spool appends to a new segment; a segment rolls over at
   ``max_bytes / 8`` (at least 1 KiB). A segment whose records are all acknowledged is deleted
   (the seq floor is written first, so seqs stay monotonic when every segment is gone), and
@@ -36,7 +47,11 @@ Policy:
 - Full: when the segment files exceed ``max_bytes``, the oldest segment (about 1/8 of the
   bound) is deleted whole and its unacknowledged records are counted in ``dropped`` and
   logged as a warning: the newest turns win and the card never fills. The segment being
-  appended to is never dropped. (acks.log and seq are small and not counted.)
+  appended to is never dropped. (acks.log and seq are small and not counted.) ``dropped_full``
+  and ``dropped_nospace`` are kept in ``counters`` across restarts.
+- The ``seq`` and ``counters`` files are rewritten in place (same size, one write, fsync), which
+  needs no free space; a missing or resized one is written to a temporary file, fsync'd and
+  renamed. A segment is deleted only once the floor above its seqs is durable.
 - Recovery at open: every record is checked (magic, length, CRC, increasing seq). A corrupt
   record (torn write after a crash, flipped bits) is skipped with a warning and counted in
   ``skipped_corrupt``; reading resumes at the next valid record, never fatal. A record that
@@ -61,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.config import SpoolConfig
-from edged.errors import EdgedError
+from edged.errors import ConfigError, EdgedError
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +85,22 @@ HEADER = struct.Struct("<4sIQI")  # magic, payload length, seq, crc32
 ACK = struct.Struct("<QI")  # seq, crc32(seq)
 MAX_RECORD = 256 * 1024
 MIN_SEGMENT = 1024
+MAX_SEQ = 2**53  # the largest seq: JSON consumers (JavaScript, float parsers) read it exactly
+COUNTERS_SIZE = 256
 _SEGMENT_NAME = re.compile(r"^seg-(\d{20})\.log$")
 _FSYNC = getattr(os, "fdatasync", os.fsync)
 
 
 class SpoolError(EdgedError):
     """The spool folder cannot be used (permissions, in use, disk error) or a record is unusable."""
+
+
+class SpoolFolderError(SpoolError, ConfigError):
+    """The spool folder cannot be created, locked or read (path, permissions): a configuration matter."""
+
+
+class SpoolWriteError(SpoolError):
+    """One turn could not be written (disk full, I/O error); it is counted as dropped, the spool stays usable."""
 
 
 @dataclass
@@ -142,9 +167,11 @@ def scan_records(data: bytes) -> tuple[list[tuple[int, int, int]], list[tuple[in
 class Spool:
     """Append-only, fsync'd, bounded store of records until the broker acknowledges them.
 
-    Thread-safe. ``depth``: unacknowledged records; ``dropped``: records dropped by the
-    full-spool policy since open; ``skipped_corrupt``: corrupt records/regions skipped at open
-    (and at read).
+    Thread-safe. ``depth``: unacknowledged records; ``dropped_full``: records dropped by the
+    ``max_bytes`` policy, ``dropped_nospace``: turns that could not be written, both since the
+    spool folder was made (persisted); ``acked``: acknowledgements this process applied;
+    ``skipped_corrupt``: corrupt records/regions skipped at open (and at read); ``write_error``:
+    why the last append failed, None once one succeeded again.
     """
 
     def __init__(self, config: SpoolConfig):
@@ -152,8 +179,14 @@ class Spool:
         self.path = Path(config.path)
         self.segment_bytes = max(config.max_bytes // 8, MIN_SEGMENT)
         self.depth = 0
-        self.dropped = 0
+        self.dropped_full = 0
+        self.dropped_nospace = 0
+        self.acked = 0
         self.skipped_corrupt = 0
+        self.write_error: str | None = None
+        self._unsynced_acks: list[int] = []
+        self._counters_warned = False  # applied in memory, not yet in acks.log (disk full)
+        self._highest_acked = 0
         self._lock = threading.Lock()
         self._segments: dict[int, _Segment] = {}
         self._firsts: list[int] = []  # sorted segment first seqs
@@ -171,8 +204,8 @@ class Spool:
             self._recover()
         except OSError as exc:
             self._release()
-            raise SpoolError(f"spool folder {self.path} is not usable ({exc.strerror or exc}); "
-                             "fix spool.path or its permissions") from None
+            raise SpoolFolderError(f"spool folder {self.path} is not usable ({exc.strerror or exc}); "
+                                   "fix spool.path or its permissions") from None
         except SpoolError:
             self._release()
             raise
@@ -182,6 +215,11 @@ class Spool:
     def next_seq(self) -> int:
         """The seq the next ``append`` will assign."""
         return self._next_seq
+
+    @property
+    def dropped(self) -> int:
+        """Turns lost by the spool: ``dropped_full + dropped_nospace`` (persisted)."""
+        return self.dropped_full + self.dropped_nospace
 
     @property
     def disk_bytes(self) -> int:
@@ -202,19 +240,21 @@ class Spool:
             if len(data) > MAX_RECORD:
                 raise SpoolError(f"turn payload is {len(data)} bytes, over the {MAX_RECORD}-byte record limit; "
                                  "send a smaller payload")
+            if seq > MAX_SEQ:
+                raise SpoolError(f"spool {self.path}: seq {seq} would pass 2^53, the largest integer JSON "
+                                 "consumers read exactly; move the spool folder aside to start again from 1")
             blob = encode_record(seq, data)
-            segment = self._writable_segment(seq)
             try:
-                _write_all(self._active_fd, blob)
-                if self.config.fsync:
-                    _FSYNC(self._active_fd)
+                segment = self._writable_segment(seq)
+                self._write_record(segment, blob)
             except OSError as exc:
-                # the file may now end in a partial record: never append after it
-                segment.size = os.fstat(self._active_fd).st_size if self._active_fd is not None else segment.size
-                self._close_active()
                 self._next_seq = seq + 1
-                raise SpoolError(f"cannot write to spool {segment.path} ({exc.strerror or exc}); "
-                                 "free space on the card or fix spool.path") from None
+                self._count_nospace(seq, exc)
+                raise SpoolWriteError(self.write_error) from None
+            if self.write_error is not None:
+                log.warning("spool %s is writable again; %d turn(s) could not be written so far (dropped)",
+                            self.path, self.dropped_nospace)
+                self.write_error = None
             self._next_seq = seq + 1
             segment.pending[seq] = (segment.size, len(blob))
             segment.seqs.append(seq)
@@ -256,16 +296,12 @@ class Spool:
             segment = self._segment_of(seq)
             if segment is None or seq not in segment.pending:
                 return
-            try:
-                _write_all(self._ack_fd, _encode_ack(seq))
-                if self.config.fsync:
-                    _FSYNC(self._ack_fd)
-            except OSError as exc:
-                raise SpoolError(f"cannot write to spool {self.path / 'acks.log'} ({exc.strerror or exc}); "
-                                 "free space on the card or fix spool.path") from None
-            self._ack_entries += 1
             del segment.pending[seq]
             self.depth -= 1
+            self.acked += 1
+            self._highest_acked = max(self._highest_acked, seq)
+            self._unsynced_acks.append(seq)
+            self._write_acks()
             if not segment.pending and segment is not self._active:
                 self._delete_segments([segment])
             self._maybe_compact_acks()
@@ -276,6 +312,7 @@ class Spool:
             if self._closed:
                 return
             self._closed = True
+            self._write_acks()
             for segment in self._segments.values():
                 _close_fd(segment.fd)
                 segment.fd = None
@@ -310,7 +347,9 @@ class Spool:
             tmp.unlink()
         floor = self._read_floor()
         acked = self._read_acks()
-        highest = max([floor - 1, *acked]) if acked else floor - 1
+        self._read_counters()
+        self._highest_acked = max(acked, default=0)
+        highest = max(floor - 1, self._highest_acked)
         last_seq = 0
         names = sorted(p.name for p in self.path.iterdir() if _SEGMENT_NAME.match(p.name))
         for name in names:
@@ -331,16 +370,26 @@ class Spool:
                 if seq <= last_seq:
                     self._warn_corrupt(path, offset, length, f"record seq {seq} out of order")
                     continue
+                if seq > MAX_SEQ:
+                    self._warn_corrupt(path, offset, length, f"record seq {seq} beyond 2^53")
+                    continue
                 last_seq = seq
                 segment.seqs.append(seq)
                 if seq not in acked:
                     segment.pending[seq] = (offset, length)
-            highest = max(highest, first, last_seq)
+            highest = max(highest, min(first, MAX_SEQ), last_seq)
             self._segments[first] = segment
             self._firsts.append(first)
             self.depth += len(segment.pending)
             self._live_records += len(segment.seqs)
         self._next_seq = highest + 1
+        try:  # repair a lost, damaged or lowered floor now, while there is room for a new file
+            self._write_floor()
+            if not (self.path / "counters").exists():
+                self._write_counters()
+        except OSError as exc:
+            log.warning("cannot write the seq floor of spool %s (%s); it is derived from the records",
+                        self.path, exc.strerror or exc)
         done = [s for s in self._segments.values() if not s.pending]
         if done:
             self._delete_segments(done)
@@ -365,7 +414,24 @@ class Spool:
         if not text.isdigit():
             log.warning("spool %s: seq floor file is corrupt (%r); using the records' seqs", self.path, text[:40])
             return 1
+        if len(text) > 20 or int(text) > MAX_SEQ + 1:
+            log.warning("spool %s: seq floor %s is beyond 2^53, the largest integer JSON consumers read exactly; "
+                        "ignored, using the records' seqs", self.path, text[:24] + ("..." if len(text) > 24 else ""))
+            return 1
         return int(text)
+
+    def _read_counters(self) -> None:
+        try:
+            data = json.loads((self.path / "counters").read_bytes())
+            full, nospace = data["dropped_full"], data["dropped_nospace"]
+            if not all(isinstance(v, int) and 0 <= v <= MAX_SEQ for v in (full, nospace)):
+                raise ValueError("not counts")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("spool %s: counters file is unreadable (%s); dropped counts start again at 0", self.path, exc)
+            return
+        self.dropped_full, self.dropped_nospace = full, nospace
 
     def _read_acks(self) -> set[int]:
         try:
@@ -379,7 +445,7 @@ class Spool:
         bad = 0
         for pos in range(0, whole, ACK.size):
             seq, crc = ACK.unpack_from(data, pos)
-            if zlib.crc32(data[pos:pos + 8]) & 0xFFFFFFFF == crc:
+            if zlib.crc32(data[pos:pos + 8]) & 0xFFFFFFFF == crc and seq <= MAX_SEQ:
                 acked.add(seq)
             else:
                 bad += 1
@@ -390,6 +456,63 @@ class Spool:
         return acked
 
     # --- writing --------------------------------------------------------------------------
+    def _write_record(self, segment: _Segment, blob: bytes) -> None:
+        """Append and sync one record; on failure cut the file back to its old size."""
+        fd = self._active_fd
+        try:
+            _write_all(fd, blob)
+            if self.config.fsync:
+                _FSYNC(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, segment.size)  # type: ignore[arg-type]
+                if self.config.fsync:
+                    _FSYNC(fd)  # type: ignore[arg-type]
+            except (OSError, TypeError):
+                # the tail may hold a partial record (skipped by its CRC at open): never append after it
+                if fd is not None:
+                    try:
+                        segment.size = os.fstat(fd).st_size
+                    except OSError:
+                        pass
+                self._close_active()
+            raise
+
+    def _count_nospace(self, seq: int, exc: OSError) -> None:
+        self.dropped_nospace += 1
+        first = self.write_error is None
+        self.write_error = (f"cannot write to spool {self.path} ({exc.strerror or exc}); turns are dropped until "
+                            "there is room: free space on the card or move spool.path")
+        if first:
+            log.warning("%s (turn seq %d dropped)", self.write_error, seq)
+        else:
+            log.debug("spool still not writable: turn seq %d dropped", seq)
+        self._write_counters()
+
+    def _write_acks(self) -> None:
+        """Append the acks applied in memory to acks.log; on failure keep them for the next try."""
+        if not self._unsynced_acks or self._ack_fd is None:
+            return
+        live = self._unsynced_acks
+        size = os.fstat(self._ack_fd).st_size
+        try:
+            _write_all(self._ack_fd, b"".join(_encode_ack(seq) for seq in live))
+            if self.config.fsync:
+                _FSYNC(self._ack_fd)
+        except OSError as exc:
+            try:  # a partial entry would shift every later one: cut it off
+                os.ftruncate(self._ack_fd, size)
+            except OSError:
+                pass
+            if len(self._unsynced_acks) == 1:
+                log.warning("cannot write to spool %s (%s); acknowledgements are kept in memory until there is "
+                            "room (a restart before then sends those turns again)",
+                            self.path / "acks.log", exc.strerror or exc)
+            self._unsynced_acks = live
+            return
+        self._ack_entries += len(live)
+        self._unsynced_acks = []
+
     def _writable_segment(self, seq: int) -> _Segment:
         segment = self._active
         if segment is not None and segment.size >= self.segment_bytes:
@@ -402,10 +525,10 @@ class Spool:
             self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             size = os.fstat(self._active_fd).st_size
             segment = _Segment(first=seq, path=path, size=size)
-            self._sync_dir()
             self._segments[seq] = segment
             bisect.insort(self._firsts, seq)
             self._active = segment
+            self._sync_dir()
         return segment
 
     def _close_active(self) -> None:
@@ -418,16 +541,23 @@ class Spool:
             oldest = self._segments[self._firsts[0]]
             if oldest is self._active:
                 break
-            if oldest.pending:
-                seqs = list(oldest.pending)
-                self.dropped += len(seqs)
+            seqs = list(oldest.pending)
+            if not self._delete_segments([oldest]):
+                break
+            if seqs:
+                self.dropped_full += len(seqs)
                 log.warning("spool %s full (max_bytes=%d): dropped %d unacknowledged record(s), seq %d..%d",
                             self.path, self.config.max_bytes, len(seqs), seqs[0], seqs[-1])
-            self._delete_segments([oldest])
+                self._write_counters()
 
-    def _delete_segments(self, segments: list[_Segment]) -> None:
-        # the floor first: seqs must stay monotonic even when no segment is left
-        self._write_floor()
+    def _delete_segments(self, segments: list[_Segment]) -> bool:
+        """Delete whole segments, the floor above their seqs made durable first; False if it cannot be."""
+        try:
+            self._write_floor()
+        except OSError as exc:
+            log.warning("cannot write the seq floor of spool %s (%s); keeping %d segment(s) until it can be",
+                        self.path, exc.strerror or exc, len(segments))
+            return False
         for segment in segments:
             _close_fd(segment.fd)
             segment.fd = None
@@ -440,9 +570,42 @@ class Spool:
             del self._segments[segment.first]
             self._firsts.remove(segment.first)
         self._sync_dir()
+        return True
 
     def _write_floor(self) -> None:
-        self._atomic_write(self.path / "seq", f"{self._next_seq}\n".encode())
+        self._overwrite(self.path / "seq", f"{self._next_seq:020d}\n".encode())
+
+    def _write_counters(self) -> None:
+        data = json.dumps({"dropped_full": self.dropped_full, "dropped_nospace": self.dropped_nospace}).encode()
+        try:
+            self._overwrite(self.path / "counters", data.ljust(COUNTERS_SIZE - 1) + b"\n")
+        except OSError as exc:
+            if self._counters_warned:
+                return
+            self._counters_warned = True
+            log.warning("cannot write spool %s (%s); the dropped counts are kept in memory",
+                        self.path / "counters", exc.strerror or exc)
+
+    def _overwrite(self, path: Path, data: bytes) -> None:
+        """Replace a small file's contents: in place when the size matches (needs no free
+        space; one write within one sector), else write, fsync, rename."""
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            self._atomic_write(path, data)
+            return
+        try:
+            if os.fstat(fd).st_size != len(data):
+                raise _Resize
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+        except _Resize:
+            os.close(fd)
+            fd = None
+            self._atomic_write(path, data)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -461,14 +624,28 @@ class Spool:
             self._compact_acks()
 
     def _compact_acks(self) -> None:
-        """Rewrite acks.log with the acks of live segments only."""
+        """Rewrite acks.log with the acks of live segments, plus the highest acknowledged seq
+        (a journal of the highest delivered seq for the floor); kept as it is when that fails."""
+        self._write_acks()
         entries = [seq for first in self._firsts for seq in self._segments[first].seqs
-                   if seq not in self._segments[first].pending]
-        _close_fd(self._ack_fd)
-        self._ack_fd = None
-        self._atomic_write(self.path / "acks.log", b"".join(_encode_ack(s) for s in entries))
-        self._ack_fd = os.open(self.path / "acks.log", os.O_WRONLY | os.O_APPEND)
-        self._ack_entries = len(entries)
+                   if seq not in self._segments[first].pending and seq not in self._unsynced_acks]
+        if self._highest_acked and self._highest_acked not in entries and self._highest_acked not in self._unsynced_acks:
+            entries.append(self._highest_acked)
+        try:
+            self._atomic_write(self.path / "acks.log", b"".join(_encode_ack(s) for s in entries))
+        except OSError as exc:
+            log.warning("cannot compact spool %s (%s); appending to it as it is", self.path / "acks.log",
+                        exc.strerror or exc)
+            try:
+                (self.path / "acks.log.tmp").unlink()
+            except OSError:
+                pass
+            self._ack_entries = os.stat(self.path / "acks.log").st_size // ACK.size
+        else:
+            self._ack_entries = len(entries)
+        if self._ack_fd is not None:
+            _close_fd(self._ack_fd)
+        self._ack_fd = os.open(self.path / "acks.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 
     def _sync_dir(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -504,6 +681,10 @@ class Spool:
     def _check_open(self) -> None:
         if self._closed:
             raise SpoolError(f"spool {self.path} is closed; open a new Spool")
+
+
+class _Resize(Exception):
+    """The file to overwrite has another size: replace it instead."""
 
 
 def _write_all(fd: int | None, data: bytes) -> None:

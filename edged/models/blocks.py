@@ -8,10 +8,11 @@ from typing import Sequence
 
 import numpy as np
 
-from edged.models.bundle import Bundle, load_bundle
+from edged.errors import BundleError
+from edged.models.bundle import Bundle, ModelFile, check_io, check_output_shape, load_bundle, runtime_io
 from edged.dsp.features import Fbank, FbankConfig, RollingFbank
 from edged.dsp.frames import FrameGrid
-from edged.models.runtime import DEFAULT_PROVIDERS, create_session
+from edged.models.runtime import DEFAULT_PROVIDERS, create_session, session_io
 from edged.models.weights import embedding_weights
 
 
@@ -94,4 +95,35 @@ def load_models(
     seg = SegmentationModel(bundle.model("segmentation", variant).path, grid, **options)
     fbank = Fbank(FbankConfig.from_dict(bundle.embedding.fbank))
     emb = EmbeddingModel(bundle.model("embedding", variant).path, fbank, grid, gamma, beta, **options)
+    verify_models(bundle, variant, seg, emb)
     return Models(bundle=bundle, variant=variant, segmentation=seg, embedding=emb)
+
+
+def verify_models(bundle: Bundle, variant: str, seg: SegmentationModel, emb: EmbeddingModel) -> None:
+    """Each open model against the manifest and the runtime (names, ranks, dtypes, fixed sizes),
+    then one probe call on silence whose output shapes must match too; BundleError naming the file."""
+    rate = bundle.segmentation.sample_rate
+    samples = np.zeros(int(float(bundle.manifest.get("chunk_duration", 5.0)) * rate), dtype=np.float32)
+    speakers = bundle.segmentation.num_speakers
+    frames = 100
+    probes = (
+        ("segmentation", seg.session, {"waveform": samples[None, None, :]}),
+        ("embedding", emb.session, {"fbank": np.zeros((1, frames, emb.fbank.config.num_mel_bins), np.float32),
+                                    "weights": np.full((1, speakers, frames), 1.0 / frames, np.float32)}),
+    )
+    for role, session, feed in probes:
+        file = bundle.model(role, variant)
+        needed = runtime_io(bundle, role)
+        check_io(file, *session_io(session), needed)
+        output = needed[1][0]
+        shape = _probe(file, session, output.name, feed)
+        check_output_shape(file, output.name, shape, output)
+
+
+def _probe(file: ModelFile, session, name: str, feed: dict[str, np.ndarray]) -> tuple[int, ...]:
+    try:
+        return tuple(session.run([name], feed)[0].shape)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{file.path}: the model fails on a probe input ({first[:300]}); the file is not the "
+                          "model the manifest describes; re-export the bundle with edged-export") from None

@@ -4,6 +4,10 @@ A bundle is a folder with ``manifest.json`` and the ONNX files it lists. The loa
 manifest version, the fields the edge needs, and every file's size and sha256 before a model is
 opened, so a corrupt, truncated or mismatched bundle is refused with a message naming the file.
 
+Once a model is open, ``check_io`` compares the ONNX file's inputs and outputs (names, ranks,
+dtypes, fixed sizes) with the manifest's and with what the runtime feeds and reads, so a wrong
+model whose checksum was updated in the manifest is refused at start, naming the file.
+
 An optional ``clustering.uisrnn`` section (written by ``edged-export uisrnn``) adds the UIS-RNN
 clustering model; it is verified the same way whenever present (it is small), and a bundle
 without it stays valid.
@@ -16,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from edged.errors import BundleError
 
@@ -46,6 +50,20 @@ def sha256_file(path: Path, block_size: int = 1 << 20) -> str:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, element type (numpy name) and shape (int: fixed size,
+    str or None: any size)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+    def show(self) -> str:
+        dims = ", ".join("?" if not isinstance(d, int) else str(d) for d in self.shape)
+        return f"{self.name} {self.dtype}[{dims}]"
+
+
+@dataclass(frozen=True)
 class ModelFile:
     """One ONNX file of the bundle, verified on disk."""
 
@@ -55,6 +73,9 @@ class ModelFile:
     sha256: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    # the manifest's inputs/outputs with dtype and shape (empty when it lists names only)
+    input_specs: tuple[TensorSpec, ...] = ()
+    output_specs: tuple[TensorSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,7 +179,73 @@ def _verify_file(root: Path, role: str, variant: str, entry: Mapping[str, Any], 
         sha256=digest,
         inputs=tuple(i["name"] for i in entry["inputs"]),
         outputs=tuple(o["name"] for o in entry["outputs"]),
+        input_specs=_specs(entry["inputs"]),
+        output_specs=_specs(entry["outputs"]),
     )
+
+
+def _specs(items: Any) -> tuple[TensorSpec, ...]:
+    out = []
+    for item in items:
+        if "dtype" not in item or "shape" not in item:
+            return ()
+        shape = tuple(d if isinstance(d, int) and not isinstance(d, bool) else str(d) for d in item["shape"])
+        out.append(TensorSpec(str(item["name"]), str(item["dtype"]), shape))
+    return tuple(out)
+
+
+def runtime_io(bundle: Bundle, role: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """What the edge runtime feeds a ``role`` model and reads from it (other inputs/outputs may exist
+    only when the manifest lists them too)."""
+    if role == "segmentation":
+        return ((TensorSpec("waveform", "float32", ("batch", 1, "samples")),),
+                (TensorSpec("activations", "float32", ("batch", "frames", bundle.segmentation.num_speakers)),))
+    if role == "embedding":
+        mels = int(bundle.embedding.fbank.get("num_mel_bins", 80))
+        return ((TensorSpec("fbank", "float32", ("batch", "frames", mels)),
+                 TensorSpec("weights", "float32", ("batch", "speakers", "frames"))),
+                (TensorSpec("embeddings", "float32", ("batch", "speakers", bundle.embedding.dim)),))
+    raise ValueError(f"unknown role {role!r}")
+
+
+def check_io(file: ModelFile, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+             needed: tuple[Sequence[TensorSpec], Sequence[TensorSpec]]) -> None:
+    """The ONNX file's ``inputs``/``outputs`` against the manifest and the runtime's ``needed``
+    specs; BundleError naming the file and the first difference."""
+    fix = "the file is not the model the manifest describes; re-export the bundle with edged-export"
+    for kind, actual, listed, wanted in (("input", inputs, file.input_specs, needed[0]),
+                                         ("output", outputs, file.output_specs, needed[1])):
+        names = [t.name for t in actual]
+        manifest_names = list(file.inputs if kind == "input" else file.outputs)
+        if sorted(names) != sorted(manifest_names):
+            raise BundleError(f"{file.path}: {kind}s {', '.join(names) or 'none'} differ from the manifest's "
+                              f"{', '.join(manifest_names) or 'none'}; {fix}")
+        by_name = {t.name: t for t in actual}
+        for spec in listed:
+            got = by_name[spec.name]
+            if got.dtype != spec.dtype or len(got.shape) != len(spec.shape) or not _sizes_agree(got, spec):
+                raise BundleError(f"{file.path}: {kind} {got.show()} differs from the manifest's {spec.show()}; {fix}")
+        for spec in wanted:
+            got = by_name.get(spec.name)
+            if got is None:
+                raise BundleError(f"{file.path}: no {kind} {spec.name!r}, which edged uses "
+                                  f"({file.role} {kind}s: {', '.join(names)}); {fix}")
+            if got.dtype != spec.dtype or len(got.shape) != len(spec.shape) or not _sizes_agree(got, spec):
+                raise BundleError(f"{file.path}: {kind} {got.show()}, edged needs {spec.show()} "
+                                  f"(from the manifest's {file.role} section); {fix}")
+
+
+def check_output_shape(file: ModelFile, name: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
+    """An output computed on probe input has the rank and fixed sizes of ``spec``; BundleError otherwise."""
+    got = TensorSpec(name, spec.dtype, tuple(shape))
+    if len(shape) != len(spec.shape) or not _sizes_agree(got, spec):
+        raise BundleError(f"{file.path}: output {got.show()} on a probe input, edged needs {spec.show()} "
+                          f"(from the manifest's {file.role} section); the file is not the model the manifest "
+                          "describes; re-export the bundle with edged-export")
+
+
+def _sizes_agree(a: TensorSpec, b: TensorSpec) -> bool:
+    return all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a.shape, b.shape))
 
 
 def _number(value: Any, name: str, manifest: Path, low: float, high: float, open_low: bool = False) -> float:

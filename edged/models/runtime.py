@@ -9,6 +9,7 @@ from typing import Sequence
 import onnxruntime as ort
 
 from edged.errors import BundleError
+from edged.models.bundle import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def create_session(
     options.enable_mem_pattern = False
     _register_shared_arena()
     options.add_session_config_entry("session.use_env_allocators", "1")
+    options.log_severity_level = 3  # errors only: no provider or graph banners on stderr
     available = set(ort.get_available_providers())
     chosen = [p for p in providers if p in available]
     for p in providers:
@@ -59,3 +61,18 @@ def create_session(
     except Exception as exc:  # onnxruntime raises its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{path}: onnxruntime cannot load this model ({first}); re-export the bundle") from None
+
+
+# onnxruntime element types -> numpy names
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+              "tensor(bool)": "bool"}
+
+
+def session_io(session: ort.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs of an open model as TensorSpecs."""
+    def spec(arg) -> TensorSpec:
+        shape = tuple(d if isinstance(d, int) else (str(d) if d is not None else None) for d in (arg.shape or ()))
+        return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+    return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]

@@ -7,6 +7,9 @@ runs on its own thread behind a bounded queue; paho runs its network loop on ano
 Signals: SIGTERM/SIGINT stop (flush the open turns, publish them, ``offline``), SIGHUP reloads
 the config (speaker state is kept when the stream geometry is unchanged; a config that fails
 validation is logged and the old one kept).
+
+A turn the spool cannot write (disk full) is counted as dropped and the daemon keeps running;
+shutdown closes the publisher (``offline``) and the spool whatever failed before.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edged.config import DaemonConfig
+from edged.delivery.spool import SpoolWriteError
 from edged.diarize.events import Event, TurnEvent
 from edged.diarize.pipeline import StreamingDiarizer
 from edged.diarize.stream import Stream
@@ -59,7 +63,11 @@ class Daemon:
         self._stop = False
         self._reload = False
         self.started = time.monotonic()
-        self.turns_published = 0
+        self.turns_produced = 0  # final turns the pipeline made this run
+        self.turns_unspooled = 0  # of those, turns the spool could not write (dropped)
+        self.spool = None
+        self.publisher = None
+        self.stream: Stream | None = None
         self._events_file = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -71,14 +79,14 @@ class Daemon:
         self.notifier.status("loading models")
         self.models = self._load_models(c)
         self._open_spool_and_publisher(c)
-        source = open_source(c, self.models.sample_rate, self.replay_speed)
-        source.start()
-        self.stream = Stream(source, StreamingDiarizer(self.models, c.pipeline))
-        self._open_events_file(c)
-        log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
-                 c.audio.file if c.audio.source == "file" else c.audio.device, c.mqtt.host, c.mqtt.port)
-        self.notifier.ready(f"running: device {c.device}")
         try:
+            source = open_source(c, self.models.sample_rate, self.replay_speed)
+            source.start()
+            self.stream = Stream(source, StreamingDiarizer(self.models, c.pipeline))
+            self._open_events_file(c)
+            log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
+                     c.audio.file if c.audio.source == "file" else c.audio.device, c.mqtt.host, c.mqtt.port)
+            self.notifier.ready(f"running: device {c.device}")
             self._loop()
         finally:
             self._shutdown()
@@ -112,19 +120,33 @@ class Daemon:
                 self.publisher.publish_stats(self.stats())
 
     def _shutdown(self) -> None:
+        """Flush the open turns, then always stop the publisher (``offline``) and close the spool."""
         self.notifier.stopping()
         log.info("stopping: flushing the open turns")
-        try:
-            self.stream.source.stop()
-        except Exception as exc:  # the device may be gone; the flush below matters more
-            log.warning("audio source did not stop cleanly: %s", exc)
-        self._emit(self.stream.flush())
-        self.publisher.publish_stats(self.stats())
-        self.publisher.stop()
-        self.spool.close()
-        if self._events_file is not None:
-            self._events_file.close()
-        log.info("stopped: %d turns published this run, spool depth %d", self.turns_published, self.spool.depth)
+        source = self.stream.source if self.stream is not None else None
+        steps = [("stop the audio source", source.stop if source is not None else None),
+                 ("flush the open turns", (lambda: self._emit(self.stream.flush())) if self.stream else None),
+                 ("publish the last stats", (lambda: self.publisher.publish_stats(self.stats()))
+                  if self.stream and self.publisher else None),
+                 ("stop the MQTT publisher", self.publisher.stop if self.publisher is not None else None),
+                 ("close the spool", self.spool.close if self.spool is not None else None),
+                 ("close the events file", self._events_file.close if self._events_file is not None else None)]
+        for what, step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as exc:  # the next steps (offline, closing the spool) matter more
+                log.error("stopping: could not %s (%s); going on", what, exc)
+        if self.spool is not None:
+            log.info("stopped: %s", self.summary())
+
+    def summary(self) -> str:
+        """This run's turns: produced, delivered (acknowledged by the broker), dropped, still spooled."""
+        delivered = self.spool.acked if self.spool is not None else 0
+        depth = self.spool.depth if self.spool is not None else 0
+        return (f"{self.turns_produced} turns produced this run, {delivered} delivered, {self.turns_unspooled} "
+                f"dropped (could not be spooled); spool depth {depth}")
 
     # --- pieces ----------------------------------------------------------------------------
     def _apply_logging(self) -> None:
@@ -156,9 +178,8 @@ class Daemon:
         for event in events:
             if isinstance(event, TurnEvent):
                 message = TurnMessage.from_event(event, device)
-                seq = self.publisher.publish_turn(message.payload())
+                seq = self._spool_turn(message.payload())
                 payload = dataclasses.replace(message, seq=seq).payload()
-                self.turns_published += 1
                 log.debug("turn %s %s %.2f-%.2f", seq, event.speaker, event.start, event.end)
             else:
                 payload = ActivityMessage.from_event(event, device).payload()
@@ -166,6 +187,16 @@ class Daemon:
             if self._events_file is not None:
                 self._events_file.write(json.dumps(payload, ensure_ascii=False) + "\n")
                 self._events_file.flush()
+
+    def _spool_turn(self, payload: dict[str, Any]) -> int | None:
+        """Hand a turn to the publisher (spooled first); its seq, or None when the spool could not
+        write it (counted as dropped and logged by the spool; the daemon goes on)."""
+        self.turns_produced += 1
+        try:
+            return self.publisher.publish_turn(payload)
+        except SpoolWriteError:
+            self.turns_unspooled += 1
+            return None
 
     def stats(self) -> dict[str, Any]:
         """The ``stats`` payload: uptime, step latency, real-time factor, audio and queue figures."""
@@ -181,7 +212,8 @@ class Daemon:
             "step_ms_p95": None if s.steps == 0 else round(s.percentile(95), 1),
             "rtf": None if p50 != p50 else round(p50 / step_ms, 3),
             "speakers": diarizer.num_speakers,
-            "turns_published": self.turns_published,
+            "turns_produced": self.turns_produced,
+            "turns_unspooled": self.turns_unspooled,
             "bad_samples": s.bad_samples,
             "audio": self.stream.source.stats_dict(),
         })

@@ -64,7 +64,7 @@ def listen(host: str, port: int, prefix: str, count: int | None = None, timeout:
                                   "payload": _json(text)}) + "\n")
         if name == "turn":
             turn = _json(text)
-            if isinstance(turn, dict):
+            if isinstance(turn, dict) and turn.get("type", "turn") == "turn":  # skip edged check's probe
                 got.turns.append(turn)
                 if isinstance(turn.get("wall_end"), (int, float)) and not msg.retain:
                     got.latencies_s.append(now - turn["wall_end"])

@@ -36,3 +36,24 @@ debian_security_mirror() {
 root_key() {
     echo "v$ARM64_ROOT_VERSION arm64 minbase $ARM64_SUITE include=$ARM64_INCLUDE mirror=$1"
 }
+
+# Why a cached root cannot be reused (one line), or nothing when it can: another build key, a
+# missing tool, or a dpkg run that was interrupted (e.g. apt-get on a full disk), which would
+# make every later apt-get fail with "dpkg was interrupted". Reads files only: no arm64 binary runs.
+root_damage() {
+    local root=$1 key=$2 f audit
+    [ -d "$root" ] || { echo "not built yet"; return; }
+    [ -f "$root/.edged-arm64-root" ] || { echo "no build stamp (an interrupted build)"; return; }
+    [ "$(cat "$root/.edged-arm64-root")" = "$key" ] || { echo "built from another key"; return; }
+    for f in usr/bin/dpkg usr/bin/apt-get bin/bash var/lib/dpkg/status; do
+        [ -e "$root/$f" ] || { echo "/$f is missing"; return; }
+    done
+    if [ -n "$(ls -A "$root/var/lib/dpkg/updates" 2>/dev/null)" ]; then
+        echo "dpkg was interrupted (pending entries in /var/lib/dpkg/updates)"
+        return
+    fi
+    # what dpkg --audit reports, read from the status file (the host's dpkg may be another arch)
+    audit=$(awk '/^Package:/ {p = $2} /^Status:/ && $4 != "installed" && $4 != "not-installed" && $4 != "config-files" {print p " (" $4 ")"}' \
+        "$root/var/lib/dpkg/status" | head -3 | tr '\n' ' ')
+    [ -z "$audit" ] || echo "dpkg left packages unfinished: ${audit% }"
+}

@@ -7,7 +7,8 @@
 #     (scripts/setup.sh), qemu-aarch64 registered with binfmt_misc, the int8 bundle (--models,
 #     default models/default, exported with `edged-export --quantize` when it does not verify);
 #  2. the arm64 root: reused from the cache (EDGED_ARM64_ROOT, default /var/cache/edged-arm64/root)
-#     when its build key matches, else built by build-root.sh; --fresh (the default when CI is set)
+#     when its build key matches and its dpkg state is whole (common.sh root_damage: no
+#     interrupted dpkg run, e.g. apt-get on a full disk), else built again by build-root.sh; --fresh (the default when CI is set)
 #     builds a new one in a temporary folder and deletes it at the end;
 #  3. x86-64 reference: `edged diarize` of the same recordings (and the daemon's) with the same
 #     bundle, on the host;
@@ -152,10 +153,13 @@ else
     mkdir -p "$(dirname "$ROOT")"
     exec {LOCK_FD}>"$(dirname "$ROOT")/.lock"
     flock -w 3600 "$LOCK_FD" || die "another run holds $(dirname "$ROOT")/.lock"
-    if [ -f "$ROOT/.edged-arm64-root" ] && [ "$(cat "$ROOT/.edged-arm64-root")" = "$KEY" ]; then
+    damage=$(root_damage "$ROOT" "$KEY")
+    if [ -z "$damage" ]; then
         say "reusing the cached arm64 root $ROOT"
     else
-        say "building the cached arm64 root $ROOT"
+        left=$(findmnt -rn -o TARGET | awk -v r="$ROOT" '$0 == r || index($0, r "/") == 1' || true)
+        [ -z "$left" ] || die "cannot rebuild $ROOT: still mounted under it: $left; unmount them first"
+        say "building the cached arm64 root $ROOT ($damage)"
         bash "$HERE/build-root.sh" "$ROOT"
     fi
 fi
