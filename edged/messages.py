@@ -82,8 +82,9 @@ class TurnMessage:
                    wall_start=event.wall_start, wall_end=event.wall_end)
 
     def payload(self) -> dict[str, Any]:
-        """The JSON object (``seq`` first once assigned; wall-clock times only when known)."""
-        d: dict[str, Any] = {} if self.seq is None else {"seq": self.seq}
+        """The JSON object (``seq`` first, null until the spool assigns it, and in the event log of
+        a turn the spool could not write; wall-clock times only when known)."""
+        d: dict[str, Any] = {"seq": self.seq}
         d.update(type=TURN, speaker=self.speaker, start=self.start, end=self.end,
                  duration=round(self.duration, 6), confidence=self.confidence)
         if self.wall_start is not None:

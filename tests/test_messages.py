@@ -29,7 +29,7 @@ def test_turn_payload_is_the_published_schema_and_round_trips():
 def test_turn_payload_before_the_spool_assigns_seq_and_without_wall_clock():
     m = TurnMessage.from_event(TurnEvent("speaker_0", 0.0, 0.5, 0.9, 0), "file")
     d = m.payload()
-    assert d == {"type": "turn", "speaker": "speaker_0", "start": 0.0, "end": 0.5, "duration": 0.5,
+    assert d == {"seq": None, "type": "turn", "speaker": "speaker_0", "start": 0.0, "end": 0.5, "duration": 0.5,
                  "confidence": 0.9, "stream_seq": 0, "device_id": "file", "wall_start_iso": None,
                  "wall_end_iso": None}
     assert TurnMessage.from_payload(d) == m
