@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from edged.config import DEFAULT_PATH
-from edged.diarize.params import PRESETS, PipelineParams
+from edged.diarize.params import PipelineParams
+from edged.diarize.presets import CHOICES as PRESET_CHOICES
+from edged.diarize.presets import resolve as resolve_preset
 from edged.errors import BundleError, ConfigError, EdgedError
 
 if TYPE_CHECKING:
@@ -43,11 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model bundle folder (default: $EDGED_MODELS or models/default)")
     d.add_argument("--output", type=Path, default=Path("out"), help="folder for <name>.rttm and <name>.events.jsonl (default: out)")
     d.add_argument("--variant", choices=("fp32", "int8"), default="int8", help="model precision (default int8)")
-    d.add_argument("--preset", choices=sorted(PRESETS), default="ami", help="hyper-parameter preset (default ami)")
+    d.add_argument("--preset", choices=PRESET_CHOICES, default=None,
+                   help="hyper-parameters: bundle (default: the bundle's tuned preset for the latency) or one of "
+                        "diart's (ami, dihard3, voxconverse)")
+    d.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="YAML file whose pipeline: section sets the parameters (as in edged run)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="pipeline.KEY=VALUE",
+                   help="override one pipeline parameter (repeatable)")
     d.add_argument("--latency", type=float, default=None, help="output latency in seconds, step..duration (default: 5)")
-    d.add_argument("--clustering", choices=("incremental", "uisrnn"), default="incremental",
+    d.add_argument("--clustering", choices=("incremental", "uisrnn"), default=None,
                    help="speaker clustering back-end (uisrnn needs a bundle with a UIS-RNN model; default incremental)")
-    d.add_argument("--uisrnn-lag", type=int, default=0, help="UIS-RNN fixed lag in steps (default 0)")
+    d.add_argument("--uisrnn-lag", type=int, default=None, help="UIS-RNN fixed lag in steps (default 0)")
     d.add_argument("--threads", type=_positive_threads, default=1, help="onnxruntime intra-op threads (default 1, as on a Pi)")
     d.add_argument("--provider", action="append", default=None, metavar="NAME",
                    help="onnxruntime execution provider, repeatable, in order (default CPUExecutionProvider)")
@@ -135,16 +143,35 @@ def diarize_one(name: str, diarizer: StreamingDiarizer, args: argparse.Namespace
     }
 
 
+def diarize_params(args: argparse.Namespace, presets) -> PipelineParams:
+    """The bundle's preset (or ``--preset``), then ``--config``'s pipeline section, ``--set``,
+    and the explicit flags, each over the one before."""
+    section: dict = {}
+    if args.config is not None or args.overrides:
+        from edged.settings import read_yaml, set_path  # YAML only when asked for
+
+        data = read_yaml(args.config) if args.config is not None else {}
+        for item in args.overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip().startswith("pipeline."):
+                raise ConfigError(f"--set {item!r}: edged diarize takes pipeline.KEY=VALUE only")
+            set_path(data, key.strip(), value)
+        section = data.get("pipeline") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{args.config}: pipeline must be a mapping of keys")
+    values = {k: v for k, v in section.items() if k != "preset"}
+    flags = {"latency": args.latency, "clustering": args.clustering, "uisrnn_lag": args.uisrnn_lag}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return resolve_preset(args.preset or section.get("preset"), presets, values)
+
+
 def cmd_diarize(args: argparse.Namespace) -> int:
     from edged.diarize.pipeline import StreamingDiarizer
     from edged.models.blocks import load_models
 
-    overrides = {"clustering": args.clustering, "uisrnn_lag": args.uisrnn_lag}
-    if args.latency is not None:
-        overrides["latency"] = args.latency
-    params = PipelineParams.preset(args.preset, **overrides)
     providers = tuple(args.provider) if args.provider else ("CPUExecutionProvider",)
     models = load_models(args.models, args.variant, threads=args.threads, providers=providers)
+    params = diarize_params(args, None if models.bundle.presets is None else models.bundle.presets.by_latency)
     failed = 0
     for name in args.inputs:
         diarizer = StreamingDiarizer(models, params)

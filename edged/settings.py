@@ -23,8 +23,11 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from edged.config import DaemonConfig
-from edged.diarize.params import PRESETS, PipelineParams
-from edged.errors import ConfigError
+from edged.diarize.params import PipelineParams
+from edged.diarize.presets import BUNDLE, resolve as resolve_preset
+from edged.diarize.presets import CHOICES as PRESET_CHOICES
+from edged.errors import BundleError, ConfigError
+from edged.models.bundle import MANIFEST_NAME, parse_presets, read_manifest
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -193,20 +196,33 @@ ENV_PREFIX = "EDGED__"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def pipeline_params(data: Any) -> PipelineParams:
-    """``pipeline`` section: optional ``preset`` name plus any PipelineParams field."""
+def pipeline_params(data: Any, presets: Mapping[float, Mapping[str, Any]] | None = None,
+                    warn: bool = True) -> PipelineParams:
+    """``pipeline`` section: optional ``preset`` (default ``bundle``: the bundle's tuned
+    ``presets`` for the latency, else diart's AMI with a warning) plus any PipelineParams field."""
     if data is None:
-        return PRESETS["ami"]
+        data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"pipeline must be a mapping of keys, got {type(data).__name__} {data!r}")
     values = dict(data)
-    preset = values.pop("preset", "ami")
-    if preset not in PRESETS:
-        raise ConfigError(f"pipeline.preset={preset!r} is not allowed; choose one of {', '.join(PRESETS)}")
+    preset = values.pop("preset", BUNDLE)
+    if preset not in PRESET_CHOICES:
+        raise ConfigError(f"pipeline.preset={preset!r} is not allowed; choose one of {', '.join(PRESET_CHOICES)}")
     try:
-        return PipelineParams.preset(preset, **values)
+        return resolve_preset(preset, presets, values, warn=warn)
     except (ConfigError, ValueError, TypeError) as exc:
         raise ConfigError(f"pipeline: {exc}") from None
+
+
+def bundle_presets(models: Path) -> Mapping[float, Mapping[str, Any]] | None:
+    """The tuned presets in the manifest of the bundle at ``models``; None when it has none or
+    cannot be read (loading the bundle reports that)."""
+    try:
+        manifest = read_manifest(models)
+        section = manifest.get("presets")
+        return None if section is None else parse_presets(section, models / MANIFEST_NAME).by_latency
+    except BundleError:
+        return None
 
 
 def config_from_mapping(data: Any) -> DaemonConfig:
@@ -216,8 +232,10 @@ def config_from_mapping(data: Any) -> DaemonConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"the config must be a mapping of sections, got {type(data).__name__}")
     values = dict(data)
-    params = pipeline_params(values.pop("pipeline", None))
+    pipeline = values.pop("pipeline", None)
     config = build(DaemonConfig, values, "")
+    presets = bundle_presets(config.models.path)
+    params = pipeline_params(pipeline, presets, warn=(config.models.path / MANIFEST_NAME).is_file())
     device_id = config.device_id
     if device_id is not None and not _DEVICE_ID.match(device_id):
         raise ConfigError(f"device_id={device_id!r} is not allowed; use 1-64 letters, digits, _ or -")
@@ -299,11 +317,6 @@ def load_config(
         log.warning("%s: mqtt.password is written in the config file; move it to mqtt.password_file "
                     "(mode 0600) or $EDGED_MQTT_PASSWORD", path)
     return config
-
-
-def pipeline_to_yaml(params: PipelineParams) -> str:
-    """A ``pipeline:`` YAML fragment for these parameters."""
-    return yaml.safe_dump({"pipeline": params.to_dict()}, sort_keys=False)
 
 
 def config_to_dict(config: Any, redact: bool = True) -> Any:

@@ -28,6 +28,7 @@ from edged.models.weights import embedding_weights
 from . import embedding as emb
 from . import parity, quantize, segmentation as seg, timing
 from .errors import ExportError
+from .presets import shipped_presets
 from .sources import Source, default_cache_dir, resolve_source
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,12 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             "tools": tool_versions(),
             "export_seconds": round(time.time() - started, 1),
         }
+        presets = shipped_presets(seg_source.provenance.get("sha256"), emb_source.provenance.get("sha256"))
+        if presets is not None:
+            manifest["presets"] = presets
+        else:
+            log.warning("no tuned presets for these checkpoints: the bundle runs diart's AMI preset until "
+                        "edged-tune --write-bundle adds its own")
         import json
 
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -235,18 +235,21 @@ def run_bench(
     latencies: Sequence[float] = (5.0,),
     jobs: int = 1,
     options: ScoreOptions = ScoreOptions(),
-    base: PipelineParams | None = None,
+    base: PipelineParams | Callable[[float], PipelineParams] | None = None,
     timelines: bool = True,
     show_progress: bool = True,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> dict[str, Any]:
     """Every variant x latency over ``dataset``; writes RTTMs, figures, report.json and report.md.
 
-    Returns the report: the first run's figures at top level, every run under ``runs``."""
+    ``base``: the parameters (their latency replaced by each one run), or a function giving the
+    parameters of each latency. Returns the report: the first run's figures at top level, every
+    run under ``runs``."""
     from . import figures, report as out
 
-    base = base or PipelineParams()
-    configs = [(v, base.replace(latency=lat)) for v in variants for lat in latencies]  # validates all first
+    fixed = base or PipelineParams()
+    params_for = fixed if callable(fixed) else (lambda lat: fixed.replace(latency=lat))
+    configs = [(v, params_for(lat)) for v in variants for lat in latencies]  # validates all first
     hashes = bundle_hashes(models, list(dict.fromkeys(variants)))
     output.mkdir(parents=True, exist_ok=True)
     warnings = []

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from edged.errors import EdgedError
-from edged.diarize.params import PRESETS, PipelineParams
+from edged.diarize.params import PipelineParams
+from edged.diarize.presets import CHOICES as PRESET_CHOICES
 
 EPILOG = """\
 Inputs are matched to references by uri (the audio file name without extension). A file the UEM
@@ -65,7 +66,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="scored regions (UEM); files it does not list are scored over their whole audio")
     p.add_argument("--models", type=Path, default=Path(os.environ.get("EDGED_MODELS", "models/default")),
                    help="model bundle folder (default: $EDGED_MODELS or models/default)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="ami", help="base hyper-parameters (default ami)")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default=None,
+                   help="base hyper-parameters: bundle (default: the bundle's tuned preset for each latency) or "
+                        "one of diart's (ami, dihard3, voxconverse)")
     p.add_argument("--config", type=Path, default=None,
                    help="take the base hyper-parameters from the pipeline: section of this edged YAML config")
     p.add_argument("--jobs", type=_positive, default=1, help="worker processes, one onnxruntime thread each (default 1)")
@@ -75,13 +78,19 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def base_params(args: argparse.Namespace) -> PipelineParams:
-    """``--config``'s pipeline section, else ``--preset``."""
-    if args.config is not None:
-        from edged.settings import pipeline_params, read_yaml
+def base_params(args: argparse.Namespace, latency: float | None = None) -> PipelineParams:
+    """``--preset`` (default: the bundle's tuned preset for ``latency``), with ``--config``'s
+    pipeline section over it, and ``latency`` (default: the section's, else 5 s)."""
+    from edged.models.bundle import load_bundle
+    from edged.settings import pipeline_params, read_yaml
 
-        return pipeline_params(read_yaml(args.config).get("pipeline"))
-    return PipelineParams.preset(args.preset)
+    section = dict(read_yaml(args.config).get("pipeline") or {}) if args.config is not None else {}
+    if args.preset is not None:
+        section["preset"] = args.preset
+    if latency is not None:
+        section["latency"] = latency
+    bundle = load_bundle(args.models, variants=())
+    return pipeline_params(section, None if bundle.presets is None else bundle.presets.by_latency)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,12 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .inputs import load_dataset
         from .scoring import ScoreOptions
 
-        base = base_params(args)
+        latencies = args.latency or [base_params(args).latency]
+        params = {latency: base_params(args, latency) for latency in latencies}
         dataset = load_dataset(args.inputs, args.reference, args.uem)
         report = run_bench(
             dataset, args.models, args.output, variants=args.variant,
-            latencies=args.latency or [base.latency], jobs=args.jobs,
-            options=ScoreOptions(args.collar, args.skip_overlap), base=base,
+            latencies=latencies, jobs=args.jobs,
+            options=ScoreOptions(args.collar, args.skip_overlap), base=params.__getitem__,
             timelines=not args.no_timelines, show_progress=not args.quiet,
         )
     except EdgedError as exc:

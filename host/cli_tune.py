@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=("fp32", "int8"), default="int8", help="model precision (default int8)")
     p.add_argument("--latency", type=float, default=None, help="latency in seconds to tune at (default: the base's, 5)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (reproducible single-worker runs)")
+    p.add_argument("--write-bundle", action="store_true",
+                   help="write the best parameters into the bundle's manifest as its preset for --latency "
+                        "(edged diarize, edged run and edged-bench then default to it)")
     p.add_argument("--eval", nargs="+", action="extend", default=[], metavar="WAV_OR_DIR",
                    help="held-out recordings: report DER before/after on them too")
     p.add_argument("--eval-reference", nargs="+", action="extend", type=Path, default=[], metavar="RTTM_OR_DIR",
@@ -59,9 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .scoring import ScoreOptions
         from .tune import DEFAULT_SPACE, TuneInterrupted, tune
 
-        base = base_params(args)
-        if args.latency is not None:
-            base = base.replace(latency=args.latency)
+        base = base_params(args, args.latency)
         dataset = load_dataset(args.inputs, args.reference, args.uem)
         evaluation = None
         if args.eval:
@@ -90,7 +91,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {group}: {before['der']:.2f}% -> {e['after']['groups'][group]['der']:.2f}%")
     print("best: " + ", ".join(f"{k}={v:.4g}" for k, v in b["params"].items()))
     print(f"config fragment: {args.output / 'best-pipeline.yaml'}")
+    if args.write_bundle:
+        from edged_export.presets import write_presets
+
+        best = base.replace(**b["params"])
+        try:
+            write_presets(args.models, {best.latency: preset_values(best)},
+                          f"edged-tune study {result.study!r}, {len(dataset.items)} files, DER {b['der']:.2f}% on them")
+        except EdgedError as exc:
+            print(f"edged-tune: error: cannot write the preset into {args.models}: {exc}", file=sys.stderr)
+            return 1
+        print(f"bundle {args.models}: preset for latency {best.latency:g} s written")
     return 0
+
+
+def preset_values(params: PipelineParams) -> dict:
+    """The values a bundle preset holds: everything but the stream geometry and the back-end."""
+    geometry = {"duration", "step", "latency", "max_speakers", "clustering", "uisrnn_lag", "uisrnn_beam"}
+    return {k: v for k, v in params.to_dict().items() if k not in geometry}
 
 
 if __name__ == "__main__":

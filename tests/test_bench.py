@@ -80,7 +80,8 @@ def test_bench_runs_the_daemon_pipeline_unchanged(bundle, data_dir, tmp_path):
     """Same turns as the daemon's code path (`edged diarize`: 100 ms file blocks through
     StreamingDiarizer.run, RTTM by format_rttm) on the same file and settings."""
     from edged.sources.file import file_blocks
-    from edged.messages import TurnEvent, format_rttm
+    from edged.diarize.events import TurnEvent
+    from edged.messages import format_rttm
     from edged.diarize.params import PipelineParams
     from edged.models.blocks import load_models
     from edged.diarize.pipeline import StreamingDiarizer
@@ -88,7 +89,7 @@ def test_bench_runs_the_daemon_pipeline_unchanged(bundle, data_dir, tmp_path):
     out = tmp_path / "bench"
     falcon = data_dir / "falcon"
     assert bench_main([str(falcon / "falcon.wav"), "--reference", str(falcon / "falcon.rttm"), "--models",
-                       str(bundle), "--latency", "2", "--output", str(out), "-q", "--no-timelines"]) == 0
+                       str(bundle), "--latency", "2", "--preset", "ami", "--output", str(out), "-q", "--no-timelines"]) == 0
     diarizer = StreamingDiarizer(load_models(bundle, "int8", threads=1), PipelineParams(latency=2.0))
     turns = [e for e in diarizer.run(file_blocks(falcon / "falcon.wav")) if isinstance(e, TurnEvent)]
     assert turns and (out / "int8-lat2" / "rttm" / "falcon.rttm").read_text() == format_rttm("falcon", turns)

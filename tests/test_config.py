@@ -31,7 +31,7 @@ def test_examples_are_valid(name):
     ("audio:\n  source: mic\n", "audio.source='mic' is not allowed; choose one of 'alsa', 'file'"),
     ("audio:\n  source: file\n", "audio: source is file but file is not set"),
     ("models:\n  threads: 0\n", "models.threads=0 is out of range; allowed 1.."),
-    ("pipeline:\n  preset: meeting\n", "pipeline.preset='meeting' is not allowed; choose one of ami"),
+    ("pipeline:\n  preset: meeting\n", "pipeline.preset='meeting' is not allowed; choose one of bundle, ami"),
     ("pipeline:\n  tau_active: 2\n", "pipeline: tau_active=2 is out of range; allowed [0.0, 1.0]"),
     ("pipeline:\n  latency: 0.7\n", "pipeline: latency=0.7 must be a whole multiple of step=0.5"),
     ("device_id: a/b\n", "device_id='a/b' is not allowed"),

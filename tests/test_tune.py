@@ -60,7 +60,11 @@ def test_sqlite_trials_fragment_and_resume(conv, bundle, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "2 finished trials, 2 from this run" in printed and "% before (base parameters) -> " in printed
     result = json.loads((out / "tune.json").read_text())
-    base = PipelineParams()
+    from edged.models.bundle import load_bundle
+    from edged.settings import pipeline_params
+
+    presets = load_bundle(bundle, variants=()).presets
+    base = pipeline_params({}, presets and presets.by_latency)  # the bundle's preset for 5 s
     first = result["trials"][0]
     assert first["baseline"] and first["params"] == {k: getattr(base, k) for k in ("tau_active", "rho_update", "delta_new")}
     assert result["best"]["der"] <= result["baseline"]["der"] == first["der"]

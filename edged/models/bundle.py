@@ -118,6 +118,17 @@ class UISRNNInfo:
 
 
 @dataclass(frozen=True)
+class BundlePresets:
+    """Pipeline parameters tuned for this bundle's embedding model, per output latency (seconds).
+
+    Values are plain mappings here; ``edged.diarize.presets`` validates them as ``PipelineParams``."""
+
+    by_latency: Mapping[float, Mapping[str, Any]]
+    # how they were tuned (free text from the tool that wrote them)
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A verified model bundle."""
 
@@ -128,6 +139,8 @@ class Bundle:
     files: Mapping[tuple[str, str], ModelFile]
     # clustering.uisrnn, when the bundle has one (edged-export uisrnn)
     uisrnn: UISRNNInfo | None = None
+    # tuned pipeline presets, when the bundle has them (edged-export, edged-tune --write-bundle)
+    presets: BundlePresets | None = None
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -302,6 +315,26 @@ def _verify_uisrnn(root: Path, section: Any, embedding_dim: int, manifest: Path)
     )
 
 
+_PRESETS_FIX = "re-run edged-tune --write-bundle, or remove the presets section to use diart's"
+
+
+def parse_presets(section: Any, manifest: Path) -> BundlePresets:
+    """The manifest's ``presets`` section: ``{"latencies": {"5": {param: value}}, "source": text}``."""
+    if not isinstance(section, Mapping) or not isinstance(section.get("latencies"), Mapping) or not section["latencies"]:
+        raise BundleError(f"{manifest}: presets must hold a non-empty 'latencies' mapping; {_PRESETS_FIX}")
+    by_latency: dict[float, Mapping[str, Any]] = {}
+    for key, values in section["latencies"].items():
+        try:
+            latency = float(key)
+        except (TypeError, ValueError):
+            latency = float("nan")
+        if not math.isfinite(latency) or latency <= 0 or not isinstance(values, Mapping):
+            raise BundleError(f"{manifest}: presets latency {key!r} must be seconds > 0 with a mapping of "
+                              f"parameters; {_PRESETS_FIX}")
+        by_latency[latency] = dict(values)
+    return BundlePresets(by_latency=dict(sorted(by_latency.items())), source=str(section.get("source", "")))
+
+
 def read_manifest(root: Path | str) -> dict[str, Any]:
     """Parse ``manifest.json`` and check its format and version (no file checks)."""
     root = Path(root)
@@ -355,9 +388,11 @@ def load_bundle(root: Path | str, variants: tuple[str, ...] | None = None) -> Bu
             raise BundleError(f"{mpath}: clustering must be a mapping; {_UISRNN_FIX}")
         if "uisrnn" in clustering:
             uisrnn = _verify_uisrnn(root, clustering["uisrnn"], int(emb["dim"]), mpath)
+    presets = None if manifest.get("presets") is None else parse_presets(manifest["presets"], mpath)
     return Bundle(
         root=root,
         manifest=manifest,
+        presets=presets,
         segmentation=SegmentationInfo(
             sample_rate=int(seg["sample_rate"]),
             num_speakers=int(seg["num_speakers"]),
