@@ -1,7 +1,7 @@
 """The daemon's configuration as typed dataclasses, one per concern; no I/O.
 
 Sections: ``device_id``, ``audio``, ``models``, ``pipeline`` (``edged.diarize.params``), ``mqtt``,
-``spool``, ``logging``. ``edged.settings`` reads, overrides and validates them.
+``spool``, ``logging``, ``speakers``. ``edged.settings`` reads, overrides and validates them.
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ class MqttConfig:
     homeassistant: bool = False
     # Home Assistant discovery prefix
     discovery_prefix: str = "homeassistant"
+    # accept JSON commands on <prefix>/command (name, enroll, forget, reset); limit who may publish there with a broker ACL
+    commands: bool = False
 
     def validate(self) -> None:
         if not self.host.strip():
@@ -157,6 +159,22 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class SpeakersConfig:
+    """Enrolled voices (names) and the speaker state kept across restarts."""
+
+    # folder of voice profiles written by `edged enroll` (null: no names; created when a name is enrolled)
+    profiles: Path | None = Path("/var/lib/edged/speakers")
+    # cosine similarity a voice needs to take an enrolled name (higher: fewer false names, more misses)
+    threshold: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
+    # file holding the anonymous speakers between restarts (null: numbered afresh at each start)
+    state_file: Path | None = Path("/var/lib/edged/speakers.state.npz")
+    # seconds between saves of the speaker state (also saved at a clean stop)
+    save_interval_s: float = field(default=60.0, metadata={"range": (1.0, 86400.0)})
+    # a saved state older than this many hours is not reloaded (speakers are numbered afresh)
+    expiry_h: float = field(default=24.0, metadata={"range": (0.0, None)})
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """The whole daemon configuration."""
 
@@ -168,6 +186,7 @@ class DaemonConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
 
     @property
     def device(self) -> str:
