@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--channels", type=int, default=1, help="channels of raw PCM on stdin (default 1)")
     d.add_argument("--dtype", default="int16", choices=("int16", "int32", "float32"), help="raw PCM sample type (default int16)")
     d.add_argument("--device-id", default="file", help="device_id written in the event records (default file)")
+    d.add_argument("--profiles", type=Path, default=None,
+                   help="voice profiles folder (edged enroll): enrolled voices get their names in RTTM and events")
+    d.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity a voice needs to take an enrolled name (default: speakers.threshold)")
     d.add_argument("-v", "--verbose", action="store_true")
 
     for name, text in (("run", "run the daemon: audio -> speaker turns on MQTT (the systemd unit's ExecStart)"),
@@ -201,9 +205,22 @@ def cmd_diarize(args: argparse.Namespace) -> int:
     params = PipelineParams.preset(args.preset, **overrides)
     providers = tuple(args.provider) if args.provider else ("CPUExecutionProvider",)
     models = load_models(args.models, args.variant, threads=args.threads, providers=providers)
+    identifier = None
+    if args.profiles is not None:
+        from edged.config import SpeakersConfig
+        from edged.profiles.store import ProfileStore
+        from edged.service.enroll import load_identifier
+
+        if not args.profiles.is_dir():
+            raise ConfigError(f"--profiles {args.profiles} is not a folder; enroll speakers first (edged enroll NAME "
+                              f"AUDIO... --profiles {args.profiles})")
+        threshold = SpeakersConfig.threshold if args.threshold is None else args.threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"--threshold {threshold:g} is out of range; use a cosine similarity 0..1")
+        identifier = load_identifier(ProfileStore(args.profiles), models, threshold)
     failed = 0
     for name in args.inputs:
-        diarizer = StreamingDiarizer(models, params)
+        diarizer = StreamingDiarizer(models, params, identifier=identifier)
         try:
             s = diarize_one(name, diarizer, args)
         except EdgedError as exc:

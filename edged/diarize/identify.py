@@ -13,8 +13,11 @@ disk). ``IdentifyingBackend`` wraps a ``ClusteringBackend`` (incremental or UIS-
   ``speaker_<digits>``), so the two never collide.
 
 The wrapper also sums the unit embeddings each anonymous speaker received (whatever the
-back-end), so an anonymous speaker can be named later from its accumulated voice
-(``anonymous_embedding``), and ``alias`` gives an anonymous id a name from then on.
+back-end). When that accumulated voice (``MIN_CHUNKS`` chunks or more) reaches the threshold
+against a profile, the anonymous speaker is recognised: from then on its chunks go to the
+name's column (an enrolled voice whose first, short chunks missed the threshold still ends up
+named). ``alias`` does the same on request (an anonymous speaker named over MQTT). Within one
+chunk, two local speakers never share a column.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ _ANONYMOUS = re.compile(r"speaker_\d+", re.IGNORECASE)
 # cosine similarity a local speaker needs to take an enrolled name; calibrated by
 # benchmarks/identification.py --calibrate (see README, "Who is speaking, by name")
 DEFAULT_THRESHOLD = 0.6
+# chunks an anonymous speaker needs before its accumulated voice is compared with the profiles
+MIN_CHUNKS = 3
 
 
 class NameError_(EdgedError):
@@ -143,7 +148,7 @@ class IdentifyingBackend:
         self.capacity = max(len(identifier), int(capacity if capacity is not None else len(identifier) + 8))
         self.tau_active = float(tau_active)
         self.slot_names: list[str | None] = list(identifier.names) + [None] * (self.capacity - len(identifier))
-        self.aliases: dict[int, str] = {}  # anonymous id -> name given while running
+        self.alias_slots: dict[int, int] = {}  # anonymous id -> name slot it was recognised as
         self._sums: dict[int, np.ndarray] = {}  # anonymous id -> sum of its unit embeddings
         self._counts: dict[int, int] = {}
 
@@ -157,7 +162,18 @@ class IdentifyingBackend:
         if speaker >= self.inner_max:
             name = self.slot_names[speaker - self.inner_max]
             return name if name is not None else speaker_label(speaker)
-        return self.aliases.get(speaker, speaker_label(speaker))
+        slot = self.alias_slots.get(speaker)
+        name = None if slot is None else self.slot_names[slot]
+        return name if name is not None else speaker_label(speaker)
+
+    @property
+    def aliases(self) -> dict[int, str]:
+        """Anonymous id -> the name it was recognised or named as."""
+        return {g: self.slot_names[s] for g, s in self.alias_slots.items() if self.slot_names[s] is not None}
+
+    def alias(self, speaker: int, name: str) -> None:
+        """From now on the chunks of anonymous ``speaker`` go to enrolled ``name``."""
+        self.alias_slots[int(speaker)] = self.slot_names.index(name)
 
     def anonymous_id(self, label: str) -> int | None:
         """``speaker_N`` -> N when that anonymous speaker has been heard, else None."""
@@ -165,7 +181,7 @@ class IdentifyingBackend:
         if not m:
             return None
         n = int(label.split("_")[1])
-        return n if n in self._counts and n not in self.aliases else None
+        return n if n in self._counts and n not in self.alias_slots else None
 
     def anonymous_embedding(self, speaker: int) -> tuple[np.ndarray, int] | None:
         """Sum of the unit embeddings an anonymous speaker received, and how many."""
@@ -189,14 +205,15 @@ class IdentifyingBackend:
 
     def forget(self, name: str) -> bool:
         """Remove a name (its slot and any alias); False when unknown."""
-        known = name in self.identifier.names or name in self.aliases.values()
+        known = name in self.identifier.names
         if name in self.identifier.names:
             i = self.identifier.names.index(name)
             del self.identifier.names[i]
             self.identifier.vectors = np.delete(self.identifier.vectors, i, axis=0)
-            self.slot_names[self.slot_names.index(name)] = None
-        for k in [k for k, v in self.aliases.items() if v == name]:
-            del self.aliases[k]
+            slot = self.slot_names.index(name)
+            self.slot_names[slot] = None
+            for k in [k for k, v in self.alias_slots.items() if v == slot]:
+                del self.alias_slots[k]
         return known
 
     def rename(self, old: str, new: str) -> bool:
@@ -204,9 +221,6 @@ class IdentifyingBackend:
             return False
         self.identifier.names[self.identifier.names.index(old)] = new
         self.slot_names[self.slot_names.index(old)] = new
-        for k, v in list(self.aliases.items()):
-            if v == old:
-                self.aliases[k] = new
         return True
 
     # --- ClusteringBackend ----------------------------------------------------------------
@@ -232,7 +246,7 @@ class IdentifyingBackend:
     def reset(self) -> None:
         """Forget the anonymous speakers (names stay: they are not stream state)."""
         self.inner.reset()
-        self.aliases.clear()
+        self.alias_slots.clear()
         self._sums.clear()
         self._counts.clear()
 
@@ -250,16 +264,33 @@ class IdentifyingBackend:
 
     def _combine(self, assignment: Assignment, payload: Any) -> tuple[Assignment, Any]:
         named, emb, active, update, inner_payload = payload
-        mapping = np.asarray(assignment.mapping, dtype=np.int64).copy()
+        anonymous = np.asarray(assignment.mapping, dtype=np.int64).copy()
+        mapping = anonymous.copy()
         for spk in np.flatnonzero(named >= 0):
             mapping[spk] = self.inner_max + named[spk]
         if update:
-            for spk in np.flatnonzero((mapping >= 0) & (mapping < self.inner_max) & active):
-                g = int(mapping[spk])
+            for spk in np.flatnonzero((anonymous >= 0) & (anonymous < self.inner_max) & active):
+                g = int(anonymous[spk])
                 unit = emb[spk] / max(np.linalg.norm(emb[spk]), 1e-12)
                 self._sums[g] = self._sums.get(g, 0.0) + unit
                 self._counts[g] = self._counts.get(g, 0) + 1
+                if g not in self.alias_slots and self._counts[g] >= MIN_CHUNKS:
+                    self._recognise(g)
+        for spk in np.flatnonzero(anonymous >= 0):  # recognised anonymous speakers: the name's column
+            slot = self.alias_slots.get(int(anonymous[spk]))
+            if slot is not None and self.slot_names[slot] is not None \
+                    and self.inner_max + slot not in mapping.tolist():
+                mapping[spk] = self.inner_max + slot
         return Assignment(mapping, self.num_global), inner_payload
+
+    def _recognise(self, speaker: int) -> None:
+        """Alias an anonymous speaker whose accumulated voice matches a profile."""
+        if not len(self.identifier):
+            return
+        sims = self.identifier.similarities(self._sums[speaker][None])[0]
+        best = int(np.argmax(sims))
+        if sims[best] >= self.identifier.threshold:
+            self.alias_slots[speaker] = self.slot_names.index(self.identifier.names[best])
 
     # --- state ---------------------------------------------------------------------------
     def anonymous_state(self) -> dict[str, Any]:
