@@ -162,12 +162,14 @@ class LoggingConfig:
 class SpeakersConfig:
     """Enrolled voices (names) and the speaker state kept across restarts."""
 
-    # folder of voice profiles written by `edged enroll` (null: no names; created when a name is enrolled)
-    profiles: Path | None = Path("/var/lib/edged/speakers")
+    # folder of voice profiles written by `edged enroll` (null: speakers/ in the state directory, the spool's parent)
+    profiles: Path | None = None
     # cosine similarity a voice needs to take an enrolled name (higher: fewer false names, more misses)
     threshold: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
-    # file holding the anonymous speakers between restarts (null: numbered afresh at each start)
-    state_file: Path | None = Path("/var/lib/edged/speakers.state.npz")
+    # keep the anonymous speakers across restarts (speaker_3 stays speaker_3)
+    keep_state: bool = True
+    # file holding the speakers between restarts (null: speakers.state.npz in the state directory)
+    state_file: Path | None = None
     # seconds between saves of the speaker state (also saved at a clean stop)
     save_interval_s: float = field(default=60.0, metadata={"range": (1.0, 86400.0)})
     # a saved state older than this many hours is not reloaded (speakers are numbered afresh)

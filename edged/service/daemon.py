@@ -27,6 +27,7 @@ from edged.errors import EdgedError
 from edged.messages import ActivityMessage, TurnMessage, stats_payload
 from edged.models.blocks import Models, load_models
 from edged.service.notify import Notifier
+from edged.service.speakers import SpeakerService
 from edged.settings import load_config
 from edged.sources.base import AudioSource
 
@@ -70,10 +71,11 @@ class Daemon:
         c = self.config
         self.notifier.status("loading models")
         self.models = self._load_models(c)
+        self.speakers = SpeakerService(c, self.models)
         self._open_spool_and_publisher(c)
         source = open_source(c, self.models.sample_rate, self.replay_speed)
         source.start()
-        self.stream = Stream(source, StreamingDiarizer(self.models, c.pipeline))
+        self.stream = Stream(source, self.speakers.diarizer(self.models, c.pipeline))
         self._open_events_file(c)
         log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
                  c.audio.file if c.audio.source == "file" else c.audio.device, c.mqtt.host, c.mqtt.port)
@@ -104,6 +106,8 @@ class Daemon:
             events = self.stream.poll(READ_TIMEOUT_S)
             self.notifier.watchdog()
             self._emit(events)
+            self.speakers.poll(self.stream, self._emit)
+            self.speakers.tick(self.stream.diarizer)
             if self.stream.finished:
                 log.info("end of %s", self.config.audio.file)
                 break
@@ -118,8 +122,10 @@ class Daemon:
             self.stream.source.stop()
         except Exception as exc:  # the device may be gone; the flush below matters more
             log.warning("audio source did not stop cleanly: %s", exc)
+        self.speakers.save(self.stream.diarizer)  # before the flush, which ends the stream's speakers
         self._emit(self.stream.flush())
         self.publisher.publish_stats(self.stats())
+        self.speakers.stop()
         self.publisher.stop()
         self.spool.close()
         if self._events_file is not None:
@@ -142,6 +148,7 @@ class Daemon:
         self.spool = Spool(c.spool)
         self.publisher = MqttPublisher(c.mqtt, c.device, self.spool)
         self.publisher.start()
+        self.speakers.attach(self.publisher, c)
 
     def _open_events_file(self, c: DaemonConfig) -> None:
         if self._events_file is not None:
@@ -216,10 +223,10 @@ class Daemon:
             models = self.models
             if new.models != old.models or (new.pipeline.gamma, new.pipeline.beta) != (old.pipeline.gamma, old.pipeline.beta):
                 models = self._load_models(new)
-                diarizer = StreamingDiarizer(models, new.pipeline)
+                diarizer = self.speakers.diarizer(models, new.pipeline)
                 what = "models reloaded, speaker state reset"
             elif new.pipeline != old.pipeline and not self.stream.diarizer.can_update(new.pipeline):
-                diarizer = StreamingDiarizer(models, new.pipeline)
+                diarizer = self.speakers.diarizer(models, new.pipeline)
                 what = "stream geometry or clustering changed, speaker state reset"
             else:
                 diarizer, what = None, "pipeline parameters applied, speakers kept"
