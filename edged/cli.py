@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--channels", type=int, default=1, help="channels of raw PCM on stdin (default 1)")
     d.add_argument("--dtype", default="int16", choices=("int16", "int32", "float32"), help="raw PCM sample type (default int16)")
     d.add_argument("--device-id", default="file", help="device_id written in the event records (default file)")
+    d.add_argument("--profiles", type=Path, default=None,
+                   help="voice profiles folder (edged enroll): enrolled voices get their names in RTTM and events")
+    d.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity a voice needs to take an enrolled name (default: speakers.threshold)")
     d.add_argument("-v", "--verbose", action="store_true")
 
     for name, text in (("run", "run the daemon: audio -> speaker turns on MQTT (the systemd unit's ExecStart)"),
@@ -79,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--replay-speed", type=float, default=1.0,
                            help="with audio.source=file: replay this many times faster than real time (tests, demos)")
     sub.add_parser("devices", help="list the audio input devices (names and indexes for audio.device)")
+    _add_speaker_commands(sub)
     listen = sub.add_parser("listen", help="subscribe to a device and print its speaker turns as they arrive",
                             description="Prints turn, active and status messages; with --count/--timeout/--until-offline "
                                         "it ends and prints the turn count and the latency after each turn's end.")
@@ -92,6 +97,63 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--until-offline", action="store_true", help="stop when the device publishes offline")
     listen.add_argument("--json", action="store_true", help="one JSON object per message")
     return parser
+
+
+def _add_speaker_commands(sub) -> None:
+    """``enroll`` and ``speakers list|remove|rename`` (voice profiles; see edged.service.enroll)."""
+    profiles_help = "voice profiles folder (default: $EDGED_PROFILES or /var/lib/edged/speakers)"
+    e = sub.add_parser("enroll", help="build a voice profile for NAME from recordings of that person alone",
+                       description="Needs at least 5 s of speech of one voice; the profile stays on this device.")
+    e.add_argument("name", metavar="NAME")
+    e.add_argument("audio", nargs="+", metavar="AUDIO", help="WAV/FLAC/OGG recordings of NAME alone")
+    e.add_argument("--profiles", type=Path, default=None, help=profiles_help)
+    e.add_argument("--models", type=Path, default=Path(os.environ.get("EDGED_MODELS", "models/default")),
+                   help="model bundle folder (default: $EDGED_MODELS or models/default)")
+    e.add_argument("--variant", choices=("fp32", "int8"), default="int8", help="model precision (default int8)")
+    e.add_argument("--replace", action="store_true", help="overwrite an existing profile of NAME")
+    sp = sub.add_parser("speakers", help="list, remove or rename enrolled speakers")
+    ssub = sp.add_subparsers(dest="speakers_command", required=True)
+    for name, text, args in (("list", "list the enrolled speakers", ()), ("remove", "forget an enrolled speaker", ("name",)),
+                             ("rename", "rename an enrolled speaker", ("old", "new"))):
+        c = ssub.add_parser(name, help=text, description=text)
+        for arg in args:
+            c.add_argument(arg, metavar=arg.upper())
+        c.add_argument("--profiles", type=Path, default=None, help=profiles_help)
+        if name == "rename":
+            c.add_argument("--replace", action="store_true", help="overwrite an existing profile named NEW")
+
+
+def cmd_speakers(args: argparse.Namespace) -> int:
+    """``edged enroll`` / ``edged speakers ...``: one line of result, or one line of error."""
+    from edged.profiles.store import ProfileStore
+    from edged.service.enroll import default_profiles, enroll_files, list_lines
+
+    store = ProfileStore(args.profiles or default_profiles())
+    if args.command == "enroll":
+        from edged.diarize.identify import check_name
+        from edged.models.blocks import load_models
+        from edged.profiles.store import ProfileError
+
+        check_name(args.name)  # bad names and taken names before the models load
+        if not args.replace and store.get(args.name) is not None:
+            raise ProfileError(f"speaker {args.name!r} is already enrolled in {store.folder}; add --replace to "
+                               "overwrite it, or choose another name")
+        profile = enroll_files(load_models(args.models, args.variant), store, args.name, args.audio, args.replace)
+        print(f"enrolled {profile.name}: {profile.speech_s:.1f} s of speech from {len(args.audio)} recording(s) "
+              f"-> {store.folder}")
+    elif args.speakers_command == "list":
+        lines = list_lines(store)
+        for line in lines:
+            print(line)
+        if not lines:
+            print(f"no speakers enrolled in {store.folder}", file=sys.stderr)
+    elif args.speakers_command == "remove":
+        store.remove(args.name)
+        print(f"removed {args.name}")
+    else:
+        store.rename(args.old, args.new, replace=args.replace)
+        print(f"renamed {args.old} -> {args.new}")
+    return 0
 
 
 def open_input(name: str, args: argparse.Namespace, sample_rate: int) -> AudioSource:
@@ -172,9 +234,22 @@ def cmd_diarize(args: argparse.Namespace) -> int:
     providers = tuple(args.provider) if args.provider else ("CPUExecutionProvider",)
     models = load_models(args.models, args.variant, threads=args.threads, providers=providers)
     params = diarize_params(args, None if models.bundle.presets is None else models.bundle.presets.by_latency)
+    identifier = None
+    if args.profiles is not None:
+        from edged.config import SpeakersConfig
+        from edged.profiles.store import ProfileStore
+        from edged.service.enroll import load_identifier
+
+        if not args.profiles.is_dir():
+            raise ConfigError(f"--profiles {args.profiles} is not a folder; enroll speakers first (edged enroll NAME "
+                              f"AUDIO... --profiles {args.profiles})")
+        threshold = SpeakersConfig.threshold if args.threshold is None else args.threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"--threshold {threshold:g} is out of range; use a cosine similarity 0..1")
+        identifier = load_identifier(ProfileStore(args.profiles), models, threshold)
     failed = 0
     for name in args.inputs:
-        diarizer = StreamingDiarizer(models, params)
+        diarizer = StreamingDiarizer(models, params, identifier=identifier)
         try:
             s = diarize_one(name, diarizer, args)
         except EdgedError as exc:
@@ -195,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "diarize":
             return cmd_diarize(args)
+        if args.command in ("enroll", "speakers"):
+            return cmd_speakers(args)
         if args.command == "run":
             from edged.service.daemon import Daemon
 

@@ -1,7 +1,7 @@
 """The daemon's configuration as typed dataclasses, one per concern; no I/O.
 
 Sections: ``device_id``, ``audio``, ``models``, ``pipeline`` (``edged.diarize.params``), ``mqtt``,
-``spool``, ``logging``. ``edged.settings`` reads, overrides and validates them.
+``spool``, ``logging``, ``speakers``. ``edged.settings`` reads, overrides and validates them.
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ class MqttConfig:
     homeassistant: bool = False
     # Home Assistant discovery prefix
     discovery_prefix: str = "homeassistant"
+    # accept JSON commands on <prefix>/command (name, enroll, forget, reset); limit who may publish there with a broker ACL
+    commands: bool = False
 
     def validate(self) -> None:
         if not self.host.strip():
@@ -177,6 +179,24 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class SpeakersConfig:
+    """Enrolled voices (names) and the speaker state kept across restarts."""
+
+    # folder of voice profiles written by `edged enroll` (null: speakers/ in the state directory, the spool's parent)
+    profiles: Path | None = None
+    # cosine similarity a voice needs to take an enrolled name (higher: fewer false names, more misses)
+    threshold: float = field(default=0.55, metadata={"range": (0.0, 1.0)})
+    # keep the anonymous speakers across restarts (speaker_3 stays speaker_3)
+    keep_state: bool = True
+    # file holding the speakers between restarts (null: speakers.state.npz in the state directory)
+    state_file: Path | None = None
+    # seconds between saves of the speaker state (also saved at a clean stop)
+    save_interval_s: float = field(default=60.0, metadata={"range": (1.0, 86400.0)})
+    # a saved state older than this many hours is not reloaded (speakers are numbered afresh)
+    expiry_h: float = field(default=24.0, metadata={"range": (0.0, None)})
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """The whole daemon configuration."""
 
@@ -188,6 +208,7 @@ class DaemonConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
 
     @property
     def device(self) -> str:

@@ -240,7 +240,7 @@ def config_from_mapping(data: Any) -> DaemonConfig:
     if device_id is not None and not _DEVICE_ID.match(device_id):
         raise ConfigError(f"device_id={device_id!r} is not allowed; use 1-64 letters, digits, _ or -")
     return DaemonConfig(device_id=device_id, audio=config.audio, models=config.models, pipeline=params,
-                        mqtt=config.mqtt, spool=config.spool, logging=config.logging)
+                        mqtt=config.mqtt, spool=config.spool, logging=config.logging, speakers=config.speakers)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

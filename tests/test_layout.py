@@ -1,7 +1,8 @@
 """The architecture, enforced: imports point one way, and the file path loads no daemon stack.
 
 Layers, lowest first: errors and config (typed dataclasses), dsp, sources, models, diarize,
-messages, delivery, settings (config files), service, cli. A module may import its own package
+messages, delivery, profiles (voice profiles and speaker state on disk), settings (config files),
+service, cli. A module may import its own package
 and lower layers only, including imports inside functions. ``edged.config`` composes the
 pipeline's own dataclass, ``edged.diarize.params``, which imports nothing above errors.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RANK = {"errors": 0, "config": 0, "dsp": 1, "sources": 2, "models": 3, "diarize": 4, "messages": 5,
-        "delivery": 6, "settings": 7, "service": 8, "cli": 9}
+        "delivery": 6, "profiles": 6.5, "settings": 7, "service": 8, "cli": 9}
 ALLOWED = {("edged.config", "edged.diarize.params")}  # the one upward edge, to a leaf dataclass module
 LEAVES = {"edged.diarize.params": {"edged.errors"}}
 

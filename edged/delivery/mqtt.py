@@ -61,6 +61,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edged import __version__
 from edged.config import MqttConfig
 from edged.errors import ConfigError, EdgedError
+from edged.delivery.people import people_components
 from edged.delivery.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,10 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return context
 
 
-def discovery(config: MqttConfig, device_id: str) -> tuple[str, dict[str, Any]]:
-    """Home Assistant device-discovery topic and payload (HA 2024.11+)."""
+def discovery(config: MqttConfig, device_id: str, people: tuple[str, ...] = (),
+              forgotten: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """Home Assistant device-discovery topic and payload (HA 2024.11+); ``people``: enrolled
+    names, one "<name> speaking" binary sensor each (``edged.delivery.people``)."""
     prefix = topic_prefix(config, device_id)
     topics = Topics.under(prefix)
     node = f"edged_{device_id}"
@@ -174,6 +177,7 @@ def discovery(config: MqttConfig, device_id: str) -> tuple[str, dict[str, Any]]:
                "{{ value_json.problems | join('; ') if value_json.problems else 'none' }}",
                entity_category="diagnostic", icon="mdi:alert-circle-outline"),
     ])
+    components.update(people_components(node, topics.active, people, forgotten))
     payload = {
         "device": {"identifiers": [node], "name": f"edged {device_id}", "manufacturer": "edged",
                    "model": "live speaker diarization", "sw_version": __version__},
@@ -248,6 +252,9 @@ class MqttPublisher:
         self._refusal_delay = config.reconnect_min_s
         self._health_sent: bytes | None = None
         self._unreachable_logged = False
+        self.people: tuple[str, ...] = ()  # enrolled names (Home Assistant binary sensors)
+        self._forgotten: tuple[str, ...] = ()
+        self._discovery_due = False
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
@@ -286,6 +293,13 @@ class MqttPublisher:
     def publish_active(self, payload: dict[str, Any]) -> None:
         """Retained QoS 1 ``active`` (latest only; re-sent on every connect)."""
         self._active = _json(payload)
+
+    def set_people(self, people: tuple[str, ...] | list[str]) -> None:
+        """Enrolled names changed: republish the Home Assistant discovery (forgotten names removed)."""
+        people = tuple(people)
+        self._forgotten = tuple(sorted((set(self.people) | set(self._forgotten)) - set(people)))
+        self.people = people
+        self._discovery_due = True
 
     def publish_stats(self, payload: dict[str, Any]) -> None:
         """QoS 0 ``stats`` with the publisher's figures added; dropped while disconnected."""
@@ -385,6 +399,9 @@ class MqttPublisher:
         if health != self._health_sent:
             client.publish(self.topics.health, health, qos=1, retain=True)
             self._health_sent = health
+        if self._discovery_due and self.config.homeassistant:
+            self._discovery_due = False
+            self._publish_discovery(client)
         stats, self._stats = self._stats, None
         if stats is not None:
             client.publish(self.topics.stats, stats, qos=0)
@@ -458,9 +475,13 @@ class MqttPublisher:
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self._health_sent = None  # re-send health on every connect
         if self.config.homeassistant:
-            topic, config = discovery(self.config, self.device_id)
-            client.publish(topic, _json(config), qos=1, retain=True)
+            self._discovery_due = False
+            self._publish_discovery(client)
         self._active_sent = None  # re-send the latest active on every connect
+
+    def _publish_discovery(self, client: paho.Client) -> None:
+        topic, config = discovery(self.config, self.device_id, self.people, self._forgotten)
+        client.publish(topic, _json(config), qos=1, retain=True)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         was_connected, self.connected = self.connected, False

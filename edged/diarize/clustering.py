@@ -82,6 +82,23 @@ class IncrementalClustering:
         """Number of global speakers found so far."""
         return int(self._used.sum())
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The speakers, for ``restore`` (saved across restarts): centroid sums and used slots."""
+        dim = 0 if self._centroids is None else self._centroids.shape[1]
+        centroids = np.zeros((self.max_speakers, dim)) if self._centroids is None else self._centroids.copy()
+        return {"centroids": centroids, "used": self._used.copy()}
+
+    def restore(self, centroids: np.ndarray, used: np.ndarray) -> None:
+        """Take speakers saved by ``state`` (ValueError when they do not fit this clustering)."""
+        centroids = np.asarray(centroids, dtype=np.float64)
+        used = np.asarray(used, dtype=bool)
+        if centroids.ndim != 2 or centroids.shape[0] != self.max_speakers or used.shape != (self.max_speakers,) \
+                or not np.isfinite(centroids).all():
+            raise ValueError(f"saved speakers have shape {centroids.shape}, this clustering holds "
+                             f"{self.max_speakers} speakers")
+        self._centroids = centroids.copy() if used.any() else None
+        self._used = used.copy()
+
     def update(self, params: PipelineParams) -> None:
         """Take new thresholds in place; the speakers are kept."""
         self.tau_active, self.rho_update, self.delta_new = params.tau_active, params.rho_update, params.delta_new

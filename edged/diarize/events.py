@@ -8,7 +8,7 @@ these into the published payloads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 from edged.diarize.binarize import Activity, Turn
 
@@ -35,12 +35,13 @@ class TurnEvent:
         return self.end - self.start
 
     @classmethod
-    def from_turn(cls, turn: Turn, stream_seq: int, wall_origin: float | None = None) -> TurnEvent:
+    def from_turn(cls, turn: Turn, stream_seq: int, wall_origin: float | None = None,
+                  label: Callable[[int], str] = speaker_label) -> TurnEvent:
         """From a binarizer turn, rounded to ms (confidence to 1e-4); ``wall_origin`` is the
-        Unix time of stream time 0."""
+        Unix time of stream time 0; ``label`` names a global speaker id (enrolled names)."""
         start, end = round(turn.start, 3), round(turn.end, 3)
         return cls(
-            speaker=speaker_label(turn.speaker),
+            speaker=label(turn.speaker),
             start=start,
             end=end,
             confidence=round(turn.confidence, 4),
@@ -60,12 +61,13 @@ class ActivityEvent:
     wall_time: float | None = None
 
     @classmethod
-    def from_activity(cls, activity: Activity, stream_seq: int, wall_origin: float | None = None) -> ActivityEvent:
+    def from_activity(cls, activity: Activity, stream_seq: int, wall_origin: float | None = None,
+                      label: Callable[[int], str] = speaker_label) -> ActivityEvent:
         """From a binarizer activity change, time rounded to ms."""
         time = round(activity.time, 3)
         return cls(
             time=time,
-            speakers=tuple(speaker_label(s) for s in sorted(activity.speakers)),
+            speakers=tuple(label(s) for s in sorted(activity.speakers)),
             stream_seq=stream_seq,
             wall_time=None if wall_origin is None else round(wall_origin + time, 3),
         )

@@ -30,7 +30,8 @@ from edged.diarize.binarize import Binarizer
 from edged.dsp.buffer import Chunk, RollingBuffer
 from edged.diarize.backend import ClusteringBackend
 from edged.diarize.clustering import IncrementalClustering
-from edged.diarize.events import ActivityEvent, Event, TurnEvent
+from edged.diarize.events import ActivityEvent, Event, TurnEvent, speaker_label
+from edged.diarize.identify import Identifier, IdentifyingBackend
 from edged.diarize.params import PipelineParams
 from edged.dsp.frames import FrameGrid
 from edged.models.blocks import Models
@@ -82,7 +83,8 @@ class StreamingDiarizer:
     times too).
     """
 
-    def __init__(self, models: Models, params: PipelineParams | None = None, wall_origin: float | None = None):
+    def __init__(self, models: Models, params: PipelineParams | None = None, wall_origin: float | None = None,
+                 identifier: Identifier | None = None):
         self.models = models
         self.params = params or PipelineParams()
         p = self.params
@@ -92,6 +94,10 @@ class StreamingDiarizer:
         self.stats = StepStats()
         self.buffer = RollingBuffer(self.sample_rate, p.duration, p.step)
         self.clustering = self._backend(models, p)
+        self.identifying: IdentifyingBackend | None = None
+        if identifier is not None:  # enrolled names in front of the back-end
+            self.identifying = IdentifyingBackend(self.clustering, identifier, p.max_speakers, p.tau_active)
+            self.clustering = self.identifying
         self.aggregator = DelayedAggregator(p.step, p.latency, p.duration, p.aggregation, start=0.0)
         self.binarizer = Binarizer(p.onset, p.offset, p.min_duration_on, p.min_duration_off)
         self._turn_seq = 0
@@ -105,6 +111,10 @@ class StreamingDiarizer:
 
             return UISRNNClustering.from_bundle(models.bundle, p.tau_active, p.max_speakers, p.uisrnn_lag, p.uisrnn_beam)
         return IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
+
+    def label(self, speaker: int) -> str:
+        """Global speaker id -> its label: the enrolled name, or ``speaker_<id>``."""
+        return self.identifying.label(speaker) if self.identifying is not None else speaker_label(speaker)
 
     @property
     def num_speakers(self) -> int:
@@ -210,9 +220,9 @@ class StreamingDiarizer:
         for turn in out.turns:
             if turn.end > self._stream_end:  # the last frame may reach half a frame past the audio
                 turn = replace(turn, end=self._stream_end)
-            events.append(TurnEvent.from_turn(turn, self._turn_seq, self.wall_origin))
+            events.append(TurnEvent.from_turn(turn, self._turn_seq, self.wall_origin, self.label))
             self._turn_seq += 1
         for activity in out.activity:
-            events.append(ActivityEvent.from_activity(activity, self._activity_seq, self.wall_origin))
+            events.append(ActivityEvent.from_activity(activity, self._activity_seq, self.wall_origin, self.label))
             self._activity_seq += 1
         return events

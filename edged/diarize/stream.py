@@ -7,7 +7,9 @@ events, for ``edged diarize``, the benchmarks, tuning and UIS-RNN evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+import numpy as np
 
 from edged.diarize.events import Event
 from edged.diarize.pipeline import StreamingDiarizer
@@ -28,6 +30,7 @@ class Stream:
         self.audio_seconds = 0.0  # all audio read, over every source and diarizer
         self._stream_seconds = 0.0  # audio pushed into the current diarizer
         self._source_seconds = 0.0  # audio delivered by the current source
+        self.taps: list[Callable[[np.ndarray], None]] = []  # also see every block (enrollment from live audio)
 
     @property
     def finished(self) -> bool:
@@ -44,6 +47,8 @@ class Stream:
         self._source_seconds += seconds
         if self.source.origin is not None:
             self.diarizer.wall_origin = self.source.origin + self._source_seconds - self._stream_seconds
+        for tap in list(self.taps):
+            tap(block)
         return self.diarizer.push(block)
 
     def flush(self) -> list[Event]:

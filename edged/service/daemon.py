@@ -25,12 +25,12 @@ from typing import Any, Sequence
 from edged.config import DaemonConfig
 from edged.delivery.spool import SpoolWriteError
 from edged.diarize.events import Event, TurnEvent
-from edged.diarize.pipeline import StreamingDiarizer
 from edged.diarize.stream import Stream
 from edged.errors import EdgedError
 from edged.messages import ActivityMessage, TurnMessage, stats_payload
 from edged.models.blocks import Models, load_models
 from edged.service.notify import Notifier
+from edged.service.speakers import SpeakerService
 from edged.settings import load_config
 from edged.sources.base import AudioSource
 
@@ -68,6 +68,7 @@ class Daemon:
         self.spool = None
         self.publisher = None
         self.stream: Stream | None = None
+        self.speakers: SpeakerService | None = None
         self._events_file = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -78,11 +79,12 @@ class Daemon:
         c = self.config
         self.notifier.status("loading models")
         self.models = self._load_models(c)
+        self.speakers = SpeakerService(c, self.models)
         self._open_spool_and_publisher(c)
         try:
             source = open_source(c, self.models.sample_rate, self.replay_speed)
             source.start()
-            self.stream = Stream(source, StreamingDiarizer(self.models, c.pipeline))
+            self.stream = Stream(source, self.speakers.diarizer(self.models, c.pipeline))
             self._open_events_file(c)
             log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
                      c.audio.file if c.audio.source == "file" else c.audio.device, c.mqtt.host, c.mqtt.port)
@@ -112,6 +114,8 @@ class Daemon:
             events = self.stream.poll(READ_TIMEOUT_S)
             self.notifier.watchdog()
             self._emit(events)
+            self.speakers.poll(self.stream, self._emit)
+            self.speakers.tick(self.stream.diarizer)
             if self.stream.finished:
                 log.info("end of %s", self.config.audio.file)
                 break
@@ -124,10 +128,14 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping: flushing the open turns")
         source = self.stream.source if self.stream is not None else None
+        speakers = self.speakers
         steps = [("stop the audio source", source.stop if source is not None else None),
+                 # before the flush, which ends the stream's speakers
+                 ("save the speakers", (lambda: speakers.save(self.stream.diarizer)) if speakers and self.stream else None),
                  ("flush the open turns", (lambda: self._emit(self.stream.flush())) if self.stream else None),
                  ("publish the last stats", (lambda: self.publisher.publish_stats(self.stats()))
                   if self.stream and self.publisher else None),
+                 ("stop the speaker commands", speakers.stop if speakers is not None else None),
                  ("stop the MQTT publisher", self.publisher.stop if self.publisher is not None else None),
                  ("close the spool", self.spool.close if self.spool is not None else None),
                  ("close the events file", self._events_file.close if self._events_file is not None else None)]
@@ -164,6 +172,7 @@ class Daemon:
         self.spool = Spool(c.spool)
         self.publisher = MqttPublisher(c.mqtt, c.device, self.spool)
         self.publisher.start()
+        self.speakers.attach(self.publisher, c)
 
     def _open_events_file(self, c: DaemonConfig) -> None:
         if self._events_file is not None:
@@ -248,10 +257,10 @@ class Daemon:
             models = self.models
             if new.models != old.models or (new.pipeline.gamma, new.pipeline.beta) != (old.pipeline.gamma, old.pipeline.beta):
                 models = self._load_models(new)
-                diarizer = StreamingDiarizer(models, new.pipeline)
+                diarizer = self.speakers.diarizer(models, new.pipeline)
                 what = "models reloaded, speaker state reset"
             elif new.pipeline != old.pipeline and not self.stream.diarizer.can_update(new.pipeline):
-                diarizer = StreamingDiarizer(models, new.pipeline)
+                diarizer = self.speakers.diarizer(models, new.pipeline)
                 what = "stream geometry or clustering changed, speaker state reset"
             else:
                 diarizer, what = None, "pipeline parameters applied, speakers kept"

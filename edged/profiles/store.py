@@ -1,0 +1,204 @@
+"""Voice profiles on disk: one JSON file per enrolled name, 0600, written atomically.
+
+A profile holds the name, the unit embedding (the mean of the enrollment windows' embeddings)
+and the sha256 of the embedding model that made it: a profile from another embedding model is
+never used (its vectors live in another space), the message says to re-enroll. File names are
+derived from a hash of the name, so no name can reach outside the folder. Profiles stay on the
+device: only names are published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.diarize.identify import check_name
+from edged.errors import EdgedError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "edged-voice-profile"
+VERSION = 1
+SUFFIX = ".profile.json"
+
+
+class ProfileError(EdgedError):
+    """A profile cannot be written, read or used (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    vector: np.ndarray  # unit, (dim,)
+    embedding_sha256: str
+    speech_s: float
+    created: float
+    sources: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "name": self.name, "embedding_sha256": self.embedding_sha256,
+                "dim": int(len(self.vector)), "speech_s": round(float(self.speech_s), 3),
+                "created": round(float(self.created), 3), "sources": list(self.sources),
+                "vector": [float(x) for x in self.vector]}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Profile:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not an {FORMAT} file")
+        if data.get("version") != VERSION:
+            raise ValueError(f"profile version {data.get('version')!r}, this edged reads {VERSION}")
+        name = check_name(data.get("name"))
+        vector = np.asarray(data.get("vector"), dtype=np.float64)
+        if vector.ndim != 1 or len(vector) != data.get("dim") or not np.isfinite(vector).all() \
+                or np.linalg.norm(vector) < 1e-6:
+            raise ValueError("its vector is missing, of the wrong size or not finite")
+        sha = data.get("embedding_sha256")
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise ValueError("embedding_sha256 is missing")
+        return cls(name, vector / np.linalg.norm(vector), sha, float(data.get("speech_s", 0.0)),
+                   float(data.get("created", 0.0)), tuple(str(s) for s in data.get("sources", ())))
+
+
+def profile_path(folder: Path, name: str) -> Path:
+    return Path(folder) / (hashlib.sha256(name.encode()).hexdigest()[:24] + SUFFIX)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync folder)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ProfileStore:
+    """The profiles folder. ``load`` skips (with one warning line each) corrupt files and
+    profiles of another embedding model."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    def _ensure(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ProfileError(f"cannot create the profiles folder {self.folder} ({exc.strerror}); "
+                               "fix the path or its permissions") from None
+
+    def _read(self, path: Path) -> Profile:
+        try:
+            return Profile.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, EdgedError) as exc:
+            raise ProfileError(f"profile {path} is corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                               "remove it and re-enroll") from None
+
+    def scan(self) -> tuple[list[Profile], list[str]]:
+        """Every readable profile (sorted by name) and one warning line per unreadable file."""
+        if not self.folder.is_dir():
+            return [], []
+        profiles, warnings = [], []
+        for path in sorted(self.folder.glob("*" + SUFFIX)):
+            try:
+                profile = self._read(path)
+            except ProfileError as exc:
+                warnings.append(str(exc))
+                continue
+            if path.name != profile_path(self.folder, profile.name).name:
+                warnings.append(f"profile {path} names {profile.name!r} but is not that name's file; "
+                                "remove it and re-enroll")
+                continue
+            profiles.append(profile)
+        return sorted(profiles, key=lambda p: p.name), warnings
+
+    def load(self, embedding_sha256: str, warn: bool = True) -> list[Profile]:
+        """The profiles usable with this embedding model; skipped files are logged (one line each)."""
+        profiles, warnings = self.scan()
+        usable = []
+        for p in profiles:
+            if p.embedding_sha256 != embedding_sha256:
+                warnings.append(f"profile {p.name!r} was made with another embedding model "
+                                f"({p.embedding_sha256[:12]}, this bundle's is {embedding_sha256[:12]}); "
+                                f"skipped: re-enroll it with edged enroll {p.name} AUDIO... --replace")
+                continue
+            usable.append(p)
+        if warn:
+            for line in warnings:
+                log.warning("%s", line)
+        return usable
+
+    def get(self, name: str) -> Profile | None:
+        path = profile_path(self.folder, check_name(name))
+        return self._read(path) if path.exists() else None
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.scan()[0]]
+
+    def save(self, profile: Profile, replace: bool = False) -> Path:
+        """Write the profile; ProfileError when the name exists and ``replace`` is false."""
+        check_name(profile.name)
+        path = profile_path(self.folder, profile.name)
+        if path.exists() and not replace:
+            raise ProfileError(f"speaker {profile.name!r} is already enrolled; add --replace to overwrite it, "
+                               "or choose another name")
+        self._ensure()
+        atomic_write(path, (json.dumps(profile.to_dict(), ensure_ascii=False) + "\n").encode())
+        return path
+
+    def remove(self, name: str) -> None:
+        path = profile_path(self.folder, check_name(name))
+        if not path.exists():
+            raise ProfileError(self._unknown(name))
+        path.unlink()
+        _fsync_dir(self.folder)
+
+    def rename(self, old: str, new: str, replace: bool = False) -> Profile:
+        profile = self.get(old)
+        if profile is None:
+            raise ProfileError(self._unknown(old))
+        check_name(new)
+        if new == old:
+            raise ProfileError(f"speaker {old!r} already has that name; give a different NEW name")
+        renamed = Profile(new, profile.vector, profile.embedding_sha256, profile.speech_s, time.time(),
+                          profile.sources)
+        self.save(renamed, replace=replace)  # the new file first: a crash leaves both, never neither
+        profile_path(self.folder, old).unlink()
+        _fsync_dir(self.folder)
+        return renamed
+
+    def _unknown(self, name: str) -> str:
+        known = self.names()
+        return (f"no enrolled speaker {name!r} in {self.folder}; "
+                + (f"enrolled: {', '.join(known)}" if known else "none enrolled yet (edged enroll NAME AUDIO...)"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,249 @@
+"""The real daemon with named speakers: speakers survive a restart, corrupt state is one warning,
+MQTT commands (name, enroll, forget, reset, bad input) against a real mosquitto, and the Home
+Assistant "<name> speaking" sensors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mosquitto import Mosquitto, wait_for  # noqa: E402
+from test_daemon import start_daemon, write_config  # noqa: E402
+
+from edged.profiles.store import ProfileStore, profile_path  # noqa: E402
+from edged.sources.file import read_audio  # noqa: E402
+from host.conversations import ConversationSpec, build_conversation, write_conversation  # noqa: E402
+
+
+class Client:
+    """Subscribes to everything under edged/<device>/ and homeassistant/; publishes commands."""
+
+    def __init__(self, port: int, device: str):
+        self.prefix = f"edged/{device}"
+        self.messages: list[tuple[str, str, bool]] = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe([(f"{self.prefix}/#", 1), ("homeassistant/#", 1)])
+        self.client.on_subscribe = lambda *_: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        assert self.ready.wait(30)
+
+    def _on_message(self, client, userdata, msg):
+        with self.lock:
+            self.messages.append((msg.topic[len(self.prefix) + 1:] if msg.topic.startswith(self.prefix) else msg.topic,
+                                  msg.payload.decode(), bool(msg.retain)))
+
+    def on(self, topic: str) -> list:
+        with self.lock:
+            return [json.loads(p) if p.startswith(("{", "[")) else p for t, p, _ in self.messages if t == topic]
+
+    def turns(self) -> list[dict]:
+        return self.on("turn")
+
+    def command(self, payload) -> None:
+        data = payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
+        self.client.publish(f"{self.prefix}/command", data, qos=1)
+
+    def result(self, request_id, timeout: float = 120):
+        return wait_for(lambda: next((r for r in self.on("command/result") if r.get("id") == request_id), None),
+                        timeout, what=f"command result {request_id}")
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Until the daemon answers commands (its command client subscribes after the models load)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not any(r.get("id") == "ready?" for r in self.on("command/result")):
+            assert time.monotonic() < deadline, "the daemon never answered a command"
+            self.command({"id": "ready?", "action": "forget", "name": "Nobody"})
+            time.sleep(0.5)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    m = Mosquitto(tmp_path / "broker").start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="module")
+def readers(data_dir) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for line in (data_dir / "librispeech" / "manifest.tsv").read_text().splitlines()[1:]:
+        path, speaker = line.split("\t")[:2]
+        out.setdefault(speaker, []).append(data_dir / "librispeech" / path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def audio(readers, tmp_path_factory):
+    """A 30 s conversation of two readers, and a clip of the second reader alone (other utterances)."""
+    folder = tmp_path_factory.mktemp("audio")
+    a, b = sorted(readers)[3:5]
+    conv = build_conversation({a: readers[a][:5], b: readers[b][:5]},
+                              ConversationSpec(speakers=2, duration=30.0, overlap=0.0, seed=5), name="talk")
+    wav, _ = write_conversation(conv, folder)
+    alone = np.concatenate([read_audio(p) for p in readers[b][5:8]])
+    sf.write(folder / "alone.wav", alone, 16000, subtype="PCM_16")
+    return {"conv": conv, "talk": wav, "alone": folder / "alone.wav", "a": a, "b": b}
+
+
+def majority(conv, turns, reader: str) -> str:
+    """The label that covers most of ``reader``'s reference speech."""
+    votes: Counter = Counter()
+    for spk, s, e in conv.segments:
+        if spk != reader:
+            continue
+        for t in turns:
+            overlap = min(e, t["end"]) - max(s, t["start"])
+            if overlap > 0:
+                votes[t["speaker"]] += overlap
+    return votes.most_common(1)[0][0]
+
+
+def run_daemon(config: Path, tmp_path: Path, speed: float = 8.0) -> str:
+    proc = start_daemon(config, speed=speed)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_speakers_survive_a_restart(bundle, broker, audio, tmp_path):
+    client = Client(broker.port, "names1")
+    config = write_config(tmp_path, bundle, broker.port, audio["talk"], device="names1")
+    run_daemon(config, tmp_path)
+    first = client.turns()
+    label_b = majority(audio["conv"], first, audio["b"])
+    label_a = majority(audio["conv"], first, audio["a"])
+    assert label_a != label_b
+    state = tmp_path / "speakers.state.npz"  # in the state directory, beside the spool
+    assert state.exists() and (state.stat().st_mode & 0o777) == 0o600
+
+    # restart on the second reader alone: it keeps its label (a fresh start would call it speaker_0)
+    config = write_config(tmp_path, bundle, broker.port, audio["alone"], device="names1")
+    seen = len(client.turns())
+    out = run_daemon(config, tmp_path)
+    assert "speaker state reloaded" in out
+    second = client.turns()[seen:]
+    labels = Counter()
+    for t in second:
+        labels[t["speaker"]] += t["end"] - t["start"]
+    assert labels.most_common(1)[0][0] == label_b, (label_b, labels)
+
+    # the same restart with a corrupt state: one warning line, a fresh start, no crash
+    state.write_bytes(b"PK\x03\x04 torn")
+    seen = len(client.turns())
+    out = run_daemon(config, tmp_path)
+    warnings = [line for line in out.splitlines() if "speaker state" in line and "WARNING" in line]
+    assert len(warnings) == 1 and "unreadable" in warnings[0] and "no known speakers" in warnings[0], out[-2000:]
+    fresh = Counter()
+    for t in client.turns()[seen:]:
+        fresh[t["speaker"]] += t["end"] - t["start"]
+    assert fresh.most_common(1)[0][0] == "speaker_0"
+    client.close()
+
+
+def test_mqtt_commands_name_forget_reset_and_bad_input(bundle, broker, audio, tmp_path):
+    client = Client(broker.port, "names2")
+    config = write_config(tmp_path, bundle, broker.port, audio["talk"], device="names2", mqtt__commands=True,
+                          mqtt__homeassistant=True, speakers__keep_state=False)
+    proc = start_daemon(config, speed=1.5)
+    try:
+        client.wait_ready()
+        # bad input first: each gets one error result and changes nothing
+        client.command(b"{not json")
+        bad = wait_for(lambda: [r for r in client.on("command/result") if r.get("id") is None], 60,
+                       what="bad json result")[0]
+        assert bad["ok"] is False and bad["id"] is None and "not valid JSON" in bad["error"]
+        client.command({"id": "u1", "action": "dance"})
+        assert "unknown action 'dance'" in client.result("u1")["error"]
+        client.command({"id": "u2", "action": "name", "speaker": "speaker_99", "name": "Alice"})
+        assert "unknown speaker 'speaker_99'" in client.result("u2")["error"]
+        client.command({"id": "u3", "action": "name", "speaker": "speaker_0", "name": "a/b"})
+        assert "'/'" in client.result("u3")["error"]
+        client.command({"id": "u4", "action": "forget", "name": "Nobody"})
+        assert "unknown speaker 'Nobody'" in client.result("u4")["error"]
+        profiles = tmp_path / "speakers"
+        assert not ProfileStore(profiles).names()
+
+        # name the first anonymous speaker once it has spoken
+        first = wait_for(lambda: client.turns(), 120, what="a first turn")[0]
+        anonymous = first["speaker"]
+        client.command({"id": "n1", "action": "name", "speaker": anonymous, "name": "Alice"})
+        result = client.result("n1")
+        assert result["ok"] is True and result["name"] == "Alice", result
+        assert profile_path(profiles, "Alice").exists()
+        named = wait_for(lambda: [e for e in client.on("speaker") if e.get("type") == "named"], 30, what="named event")
+        assert named[0]["speaker"] == anonymous and named[0]["name"] == "Alice"
+        wait_for(lambda: any(t["speaker"] == "Alice" for t in client.turns()), 120, what="a turn named Alice")
+        published_before = [t for t in client.turns() if t["seq"] <= first["seq"]]
+        assert published_before[0]["speaker"] == anonymous  # turns already published never change
+
+        def people():
+            configs = [json.loads(p) for t, p, _ in client.messages if t.startswith("homeassistant/") and p]
+            return configs[-1]["components"] if configs else {}
+        wait_for(lambda: any(c.get("name") == "Alice speaking" for c in people().values()), 30, what="HA sensor")
+        sensor = next(c for c in people().values() if c.get("name") == "Alice speaking")
+        assert sensor["platform"] == "binary_sensor" and sensor["state_topic"].endswith("/active")
+        last = next(c for k, c in people().items() if k.endswith("_last_speaker"))
+        assert last["value_template"] == "{{ value_json.speaker }}"  # "Last speaker" shows the name
+
+        client.command({"id": "n2", "action": "name", "speaker": "speaker_5", "name": "Alice"})
+        assert client.result("n2")["ok"] is False
+
+        client.command({"id": "r1", "action": "reset"})
+        assert client.result("r1")["ok"] is True
+
+        client.command({"id": "f1", "action": "forget", "name": "Alice"})
+        assert client.result("f1")["ok"] is True
+        assert not profile_path(profiles, "Alice").exists()
+        wait_for(lambda: any(c == {"platform": "binary_sensor"} for c in people().values()), 30,
+                 what="HA sensor removed")
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.close()
+
+
+def test_mqtt_enroll_from_the_next_seconds(bundle, broker, audio, tmp_path):
+    client = Client(broker.port, "names3")
+    config = write_config(tmp_path, bundle, broker.port, audio["alone"], device="names3", mqtt__commands=True,
+                          speakers__keep_state=False)
+    proc = start_daemon(config, speed=1.0)
+    try:
+        client.wait_ready()
+        client.command({"id": "e1", "action": "enroll", "name": "Bob", "seconds": 7})
+        result = client.result("e1")
+        assert result["ok"] is True and result["name"] == "Bob" and result["speech_s"] >= 5.0, result
+        assert profile_path(tmp_path / "speakers", "Bob").exists()
+        wait_for(lambda: any(t["speaker"] == "Bob" for t in client.turns()), 120, what="a turn named Bob")
+        client.command({"id": "e2", "action": "enroll", "name": "Bob", "seconds": 7})
+        assert "already enrolled" in client.result("e2")["error"]
+        client.command({"id": "e3", "action": "enroll", "name": "Carl", "seconds": 2})
+        assert "out of range" in client.result("e3")["error"]
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.close()
