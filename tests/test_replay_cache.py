@@ -10,7 +10,7 @@ from edged.diarize.pipeline import StreamingDiarizer
 from edged.messages import TurnEvent
 from edged.models.blocks import load_models
 from edged.sources.file import read_audio
-from edged_host.replay import Features, Reference, extract, fast_der, replay
+from edged_host.replay import Features, Reference, _Prepared, extract, fast_der, fast_replay, replay
 
 LATENCIES = (1.0, 5.0)
 
@@ -65,6 +65,20 @@ def test_replay_reproduces_the_pipeline_turns_exactly(models, recordings, tmp_pa
                 real = _real(models, audio, params)
                 assert real, (uri, latency)
                 assert replay(feat, params) == real, (uri, latency, params)
+                assert sorted(fast_replay(_Prepared(feat), params)) == sorted(real), (uri, latency, params)
+        # the tuning objective's fast path against the exact replay, over random parameters
+        rng = np.random.default_rng(len(uri))
+        prep = _Prepared(feat)
+        for _ in range(6):
+            onset = float(rng.uniform(0.2, 0.9))
+            latency = float(rng.choice([0.5, 1.0, 5.0]))
+            latency = latency if f"{latency:g}" in feat.counts else 5.0
+            params = PipelineParams(latency=latency, rho_update=float(rng.uniform(0, 0.6)),
+                                    delta_new=float(rng.uniform(0.4, 1.8)), onset=onset,
+                                    offset=onset * float(rng.uniform(0.2, 1.0)),
+                                    min_duration_on=float(rng.uniform(0, 1)), min_duration_off=float(rng.uniform(0, 1)),
+                                    decision_weight=float(rng.uniform(0, 1)))
+            assert sorted(fast_replay(prep, params)) == sorted(replay(feat, params)), params
     assert skipped > 0  # the embedding skip was exercised
 
 
