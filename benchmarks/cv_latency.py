@@ -61,10 +61,11 @@ def plot(cv: dict, extra: dict | None, output: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     keys = list(cv["latencies"])
     x = [float(k) for k in keys]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.8))
     ax = axes[0]
     ax.plot(x, [cv["latencies"][k]["validation"]["mean"]["der"] for k in keys], "o-", color="C0",
             label=f"tuned per latency ({cv['variant']}, validation folds)")
@@ -76,6 +77,7 @@ def plot(cv: dict, extra: dict | None, output: Path) -> None:
                 color="C2", label=f"tuned per latency ({extra['variant']}, validation folds)")
     ax.set_xscale("log")
     ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency, s")
     ax.set_ylabel("DER, % (mean over kinds of audio)")
     ax.set_title(f"{cv['k']}-fold grouped cross-validation, collar 0, overlap scored")
@@ -89,11 +91,12 @@ def plot(cv: dict, extra: dict | None, output: Path) -> None:
         ax.plot(x, base, "--", color=f"C{i}", alpha=0.5, label=f"{LABELS[kind]}: diart AMI")
     ax.set_xscale("log")
     ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency, s")
     ax.set_ylabel("DER, %")
     ax.set_title("per kind (dashed: diart AMI preset)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=120)

@@ -21,7 +21,6 @@ import edged  # noqa: F401  (first: pins the BLAS pools to one thread before num
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,7 +105,7 @@ def extract_all(devset: Path, models_dir: Path, variant: str, cache: Path, laten
          "sha256": {k: v.sha256 for k, v in _hashes(models.bundle, variant).items()}}, indent=1) + "\n")
 
 
-def _hashes(bundle, variant: str) -> dict[str, Any]:
+def _hashes(bundle: Any, variant: str) -> dict[str, Any]:
     return {name: bundle.model(name, variant) for name in ("segmentation", "embedding")}
 
 
@@ -148,19 +147,18 @@ class Evaluator:
 
     def report(self, hyps: dict[str, list]) -> dict[str, Any]:
         """pyannote.metrics DER per file, per kind, the mean over kinds and the total."""
-        from .scoring import ErrorRates, annotation_from_turns, score_file
+        from .scoring import annotation_from_turns, score_file
 
         per_file = {u: score_file(self.items[u], annotation_from_turns(u, h)) for u, h in hyps.items()}
         return summarize_rates(per_file, self.files)
 
 
-def _r(x: ErrorRatesLike) -> dict[str, Any]:
+def _r(x: Any) -> dict[str, Any]:
+    """ErrorRates -> the figures kept in the reports."""
     return {"der": x.der, "miss": x.miss, "false_alarm": x.false_alarm, "confusion": x.confusion,
             "speech_s": x.speech_s, "missed_s": x.missed_s, "false_alarm_s": x.false_alarm_s,
             "confusion_s": x.confusion_s}
 
-
-ErrorRatesLike = Any
 
 
 def summarize_rates(per_file: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -200,7 +198,7 @@ def run_study(ev: Evaluator, uris: list[str], base: PipelineParams, latency: flo
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng_space = space(latency)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=max(8, trials // 5), multivariate=True, warn_independent_sampling=False))
+        seed=seed, n_startup_trials=max(8, trials // 5), multivariate=True))
     base_l = base.replace(latency=latency)
     study.enqueue_trial(_point(base_l, rng_space))
     for s in starts:
