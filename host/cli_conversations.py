@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loudness-spread", type=float, default=6.0, help="speaker levels spread over this many dB (default 6)")
     p.add_argument("--level", type=float, default=-26.0, help="mean speech level, dBFS (default -26)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--rir", nargs="+", type=Path, default=[], metavar="WAV",
+                   help="room impulse responses: each speaker is convolved with one drawn from these (far field)")
+    p.add_argument("--noise", nargs="+", type=Path, default=[], metavar="AUDIO",
+                   help="noises: one drawn per conversation, looped, added at an SNR drawn in --snr")
+    p.add_argument("--snr", type=_pair, default=(5.0, 20.0), metavar="MIN,MAX", help="noise SNR range, dB (default 5,20)")
+    p.add_argument("--telephone", action="store_true",
+                   help="narrowband telephone: 300 Hz high-pass, 8 kHz mu-law round trip")
     p.add_argument("--prefix", default="conv", help="file name prefix (default conv)")
     return p
 
@@ -48,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             speakers=args.speakers, duration=args.duration, turn_min=args.turn[0], turn_max=args.turn[1],
             pause_min=args.pause[0], pause_max=args.pause[1], overlap=args.overlap,
             loudness_spread_db=args.loudness_spread, level_dbfs=args.level, seed=args.seed)
-        summary = build_set(args.source, args.output, spec, args.count, args.prefix)
+        summary = build_set(args.source, args.output, spec, args.count, args.prefix, rirs=args.rir,
+                            noises=args.noise, snr=args.snr, telephone=args.telephone)
     except EdgedError as exc:
         print(f"edged-conversations: error: {exc}", file=sys.stderr)
         return 1

@@ -174,6 +174,10 @@ class Conversation:
     levels_db: dict[str, float]
     stats: dict[str, float]
     spec: ConversationSpec
+    # per-speaker dry signals before the peak scaling (only with ``keep_tracks``), for effects
+    tracks: dict[str, np.ndarray] | None = None
+    # what ``apply_effects`` did (empty: a clean conversation)
+    effects: dict[str, Any] = field(default_factory=dict)
 
 
 class _SpeakerStream:
@@ -261,9 +265,12 @@ def measure(segments: list[tuple[str, float, float]]) -> dict[str, float]:
 
 def build_conversation(
     sources: Mapping[str, list[Path]], spec: ConversationSpec, name: str = "conv000",
-    cache: dict[Path, _Clip] | None = None,
+    cache: dict[Path, _Clip] | None = None, keep_tracks: bool = False,
 ) -> Conversation:
-    """Draw speakers, place turns with pauses or overlaps, mix at the speakers' levels."""
+    """Draw speakers, place turns with pauses or overlaps, mix at the speakers' levels.
+
+    ``keep_tracks``: also return each speaker's own signal (the mix is their sum) so that
+    ``apply_effects`` can put every speaker at its own place in a room."""
     if len(sources) < spec.speakers:
         raise ConversationError(f"{spec.speakers} speakers asked but the sources have {len(sources)}; ask for fewer")
     rng = np.random.default_rng(spec.seed)
@@ -275,6 +282,7 @@ def build_conversation(
     streams = {s: _SpeakerStream(s, sources[s], rng, cache) for s in chosen}
     total = int(round(spec.duration * SAMPLE_RATE))
     mix = np.zeros(total, np.float64)
+    tracks = {s: np.zeros(total, np.float32) for s in chosen} if keep_tracks else None
     segments: list[tuple[str, float, float]] = []
     turns: list[Turn] = []
     ends: list[float] = []  # speech end of every placed turn
@@ -297,6 +305,8 @@ def build_conversation(
         gain = 10 ** (levels[speaker] / 20)
         piece = audio[: max(0, total - start_sample)]
         mix[start_sample : start_sample + len(piece)] += gain * piece
+        if tracks is not None:
+            tracks[speaker][start_sample : start_sample + len(piece)] += (gain * piece).astype(np.float32)
         placed = [(speaker, round(t + a, 3), round(min(t + b, spec.duration), 3)) for a, b in regions if t + a < spec.duration]
         placed = [s for s in placed if s[2] - s[1] > 0]
         if placed:
@@ -311,7 +321,89 @@ def build_conversation(
     stats = measure(segments)
     stats.update({"duration_s": spec.duration, "turns": len(turns), "peak_scale": scale})
     return Conversation(name, (mix * scale).astype(np.float32), sorted(segments, key=lambda s: (s[1], s[0])),
-                        turns, levels, stats, spec)
+                        turns, levels, stats, spec, tracks)
+
+
+@dataclass
+class Effects:
+    """Acoustic conditions applied to a conversation built with ``keep_tracks``.
+
+    ``rirs``: speaker -> room impulse response (16 kHz) convolved with that speaker's signal
+    (far field; the reference stays the dry speech, as usual for reverberant sets). ``noise`` is
+    looped from a random offset and added at ``snr_db`` (speech power over the reference's speech
+    time against the noise's power). ``telephone``: 300 Hz high-pass, 8 kHz down-sampling,
+    G.711 mu-law 8-bit companding and back to 16 kHz (the band and coding of a narrowband call).
+    """
+
+    rirs: Mapping[str, np.ndarray] | None = None
+    noise: np.ndarray | None = None
+    snr_db: float = 15.0
+    telephone: bool = False
+    labels: dict[str, Any] = field(default_factory=dict)  # names of the RIRs / noise, for the manifest
+
+
+def telephone_band(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """300 Hz high-pass, down to 8 kHz (anti-alias at 4 kHz), mu-law 8 bit, back up to ``sample_rate``."""
+    from scipy.signal import butter, resample_poly, sosfilt
+
+    x = sosfilt(butter(4, 300, "highpass", fs=sample_rate, output="sos"), audio.astype(np.float64))
+    narrow = resample_poly(x, 8000, sample_rate)
+    mu = 255.0
+    peak = max(1.0, float(np.max(np.abs(narrow))) if len(narrow) else 1.0)
+    y = np.sign(narrow / peak) * np.log1p(mu * np.abs(narrow / peak)) / np.log1p(mu)
+    y = np.round(y * 127.0) / 127.0  # 8-bit code words
+    narrow = peak * np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu
+    wide = resample_poly(narrow, sample_rate, 8000)[: len(audio)]
+    if len(wide) < len(audio):
+        wide = np.pad(wide, (0, len(audio) - len(wide)))
+    return wide
+
+
+def _speech_mask(segments: list[tuple[str, float, float]], length: int, sample_rate: int) -> np.ndarray:
+    mask = np.zeros(length, bool)
+    for _, a, b in segments:
+        mask[int(a * sample_rate) : int(b * sample_rate)] = True
+    return mask
+
+
+def apply_effects(conv: Conversation, effects: Effects, rng: np.random.Generator) -> Conversation:
+    """A new conversation with reverberation, noise and/or telephone band applied; same reference."""
+    from dataclasses import replace
+
+    from scipy.signal import fftconvolve
+
+    if conv.tracks is None:
+        raise ConversationError("effects need the speakers' own signals; build with keep_tracks=True")
+    length = len(conv.audio)
+    mix = np.zeros(length, np.float64)
+    for speaker, track in conv.tracks.items():
+        rir = None if effects.rirs is None else effects.rirs.get(speaker)
+        if rir is not None:
+            wet = fftconvolve(track.astype(np.float64), np.asarray(rir, np.float64))[:length]
+            # keep the speaker's level: scale the reverberant signal to the dry one's power
+            dry_p, wet_p = float(np.mean(track.astype(np.float64) ** 2)), float(np.mean(wet**2))
+            mix += wet * (np.sqrt(dry_p / wet_p) if wet_p > 0 else 0.0)
+        else:
+            mix += track
+    info: dict[str, Any] = dict(effects.labels)
+    if effects.noise is not None and len(effects.noise):
+        noise = np.asarray(effects.noise, np.float64)
+        start = int(rng.integers(len(noise)))
+        reps = int(np.ceil((start + length) / len(noise)))
+        noise = np.tile(noise, reps)[start : start + length]
+        speech = _speech_mask(conv.segments, length, SAMPLE_RATE)
+        p_speech = float(np.mean(mix[speech] ** 2)) if speech.any() else float(np.mean(mix**2))
+        p_noise = float(np.mean(noise**2))
+        if p_noise > 0:
+            mix += noise * np.sqrt(p_speech / p_noise / 10 ** (effects.snr_db / 10))
+        info.update(snr_db=round(float(effects.snr_db), 2), noise_offset_s=round(start / SAMPLE_RATE, 3))
+    if effects.telephone:
+        mix = telephone_band(mix)
+        info["telephone"] = True
+    peak = float(np.max(np.abs(mix))) if length else 0.0
+    scale = 0.99 / peak if peak > 0.99 else 1.0
+    stats = dict(conv.stats, peak_scale=scale)
+    return replace(conv, audio=(mix * scale).astype(np.float32), stats=stats, effects=info)
 
 
 def write_conversation(conv: Conversation, folder: Path) -> tuple[Path, Path]:
@@ -335,9 +427,45 @@ class _Seg:
     end: float
 
 
-def build_set(source: Path | str, output: Path, spec: ConversationSpec, count: int = 1, prefix: str = "conv") -> dict:
+def draw_effects(speakers: list[str], rng: np.random.Generator, rirs: Mapping[str, np.ndarray] | None = None,
+                 noises: Mapping[str, np.ndarray] | None = None, snr: tuple[float, float] = (5.0, 20.0),
+                 telephone: bool = False) -> Effects:
+    """Seeded conditions: each speaker one RIR of ``rirs`` (name -> response), one noise of ``noises``
+    at an SNR drawn uniformly in ``snr`` dB, and optionally the telephone band."""
+    labels: dict[str, Any] = {}
+    chosen = None
+    if rirs:
+        names = sorted(rirs)
+        picks = {s: names[int(rng.integers(len(names)))] for s in speakers}
+        chosen = {s: rirs[n] for s, n in picks.items()}
+        labels["rirs"] = picks
+    noise = None
+    snr_db = 0.0
+    if noises:
+        names = sorted(noises)
+        name = names[int(rng.integers(len(names)))]
+        noise, snr_db = noises[name], float(rng.uniform(*snr))
+        labels["noise"] = name
+    return Effects(chosen, noise, snr_db, telephone, labels)
+
+
+def load_effect_files(paths: list[Path]) -> dict[str, np.ndarray]:
+    """name (file stem) -> 16 kHz samples of RIR or noise files."""
+    out = {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConversationError(f"{path}: RIR/noise file not found; check the path")
+        out[Path(path).stem] = read_audio(path, SAMPLE_RATE)
+    return out
+
+
+def build_set(source: Path | str, output: Path, spec: ConversationSpec, count: int = 1, prefix: str = "conv",
+              rirs: list[Path] = (), noises: list[Path] = (), snr: tuple[float, float] = (5.0, 20.0),
+              telephone: bool = False) -> dict:
     """``count`` conversations (seeds ``spec.seed``, ``spec.seed + 1``, ...) into ``output``:
-    WAV + RTTM each, ``reference.rttm`` and ``reference.uem`` for all, ``conversations.json``."""
+    WAV + RTTM each, ``reference.rttm`` and ``reference.uem`` for all, ``conversations.json``.
+    With ``rirs``/``noises``/``telephone`` each conversation gets drawn conditions (``draw_effects``,
+    seeded by the conversation's seed)."""
     from dataclasses import replace
 
     if count < 1:
@@ -347,17 +475,24 @@ def build_set(source: Path | str, output: Path, spec: ConversationSpec, count: i
         if not speaker or any(c.isspace() for c in speaker):
             raise ConversationError(f"speaker name {speaker!r} has whitespace; RTTM labels cannot, rename it")
     cache: dict[Path, _Clip] = {}
+    rir_audio, noise_audio = load_effect_files(list(rirs)), load_effect_files(list(noises))
+    augment = bool(rir_audio or noise_audio or telephone)
     output.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"source": str(source), "spec": asdict(spec), "conversations": []}
     rttm_all, uem_all = [], []
     for i in range(count):
-        conv = build_conversation(sources, replace(spec, seed=spec.seed + i), f"{prefix}{i:03d}", cache)
+        conv = build_conversation(sources, replace(spec, seed=spec.seed + i), f"{prefix}{i:03d}", cache, augment)
+        if augment:
+            rng = np.random.default_rng([spec.seed + i, 1])
+            effects = draw_effects(sorted(conv.levels_db), rng, rir_audio, noise_audio, snr, telephone)
+            conv = apply_effects(conv, effects, rng)
         wav, rttm = write_conversation(conv, output)
         rttm_all.append(rttm.read_text(encoding="utf-8"))
         uem_all.append(f"{conv.name} NA 0.000 {spec.duration:.3f}\n")
         summary["conversations"].append({
             "name": conv.name, "wav": wav.name, "rttm": rttm.name, "seed": spec.seed + i,
             "levels_dbfs": conv.levels_db, **{k: round(v, 4) for k, v in conv.stats.items()},
+            "effects": conv.effects,
             "turns": [asdict(t) for t in conv.turns],
         })
     (output / "reference.rttm").write_text("".join(rttm_all), encoding="utf-8")

@@ -127,3 +127,54 @@ def test_bad_input(data_dir, tmp_path, sources, capsys):
     assert conversations_main([str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("edged-conversations: error:") and err.count("\n") == 1
+
+
+def test_effects_keep_the_reference_and_give_the_asked_conditions(sources, data_dir):
+    from edged_host.conversations import Effects, apply_effects, load_effect_files, telephone_band
+
+    spec = ConversationSpec(speakers=2, duration=30, overlap=0.1, seed=3)
+    plain = build_conversation(sources, spec)
+    conv = build_conversation(sources, spec, keep_tracks=True)
+    assert np.array_equal(plain.audio, conv.audio)  # tracks change nothing of the clean mix
+    assert np.allclose(sum(conv.tracks.values()) * conv.stats["peak_scale"], conv.audio, atol=1e-5)
+    rooms = data_dir / "rooms"
+    rir = load_effect_files([rooms / "rir" / "sim_kitchen_0.wav"])["sim_kitchen_0"]
+    noise = load_effect_files([rooms / "noise" / "fan_synthetic.flac"])["fan_synthetic"]
+    speakers = sorted(conv.levels_db)
+    far = apply_effects(conv, Effects({s: rir for s in speakers}, noise, 10.0), np.random.default_rng(0))
+    assert far.segments == conv.segments and len(far.audio) == len(conv.audio)
+    assert far.effects["snr_db"] == 10.0
+    # measured SNR over the reference's speech time: reverberant speech against the added noise
+    speech = np.zeros(len(conv.audio), bool)
+    for _, a, b in conv.segments:
+        speech[int(a * 16000):int(b * 16000)] = True
+    dry_only = apply_effects(conv, Effects({s: rir for s in speakers}), np.random.default_rng(0))
+    added = far.audio.astype(np.float64) / far.stats["peak_scale"] - dry_only.audio / dry_only.stats["peak_scale"]
+    snr = 10 * np.log10(np.mean((dry_only.audio[speech] / dry_only.stats["peak_scale"]) ** 2) / np.mean(added**2))
+    assert abs(snr - 10.0) < 0.3
+    # reverberation smears: the wet mix differs from the dry one but keeps its level
+    assert not np.allclose(dry_only.audio, conv.audio, atol=1e-3)
+    # telephone: nothing left above 4 kHz, little below 300 Hz
+    tel = telephone_band(conv.audio.astype(np.float64))
+    spectrum = np.abs(np.fft.rfft(tel)) ** 2
+    freqs = np.fft.rfftfreq(len(tel), 1 / 16000)
+    assert spectrum[freqs > 4100].sum() < 1e-3 * spectrum.sum()
+    assert spectrum[freqs < 150].sum() < 0.01 * spectrum.sum()
+    with pytest.raises(ConversationError, match="keep_tracks"):
+        apply_effects(plain, Effects(telephone=True), np.random.default_rng(0))
+
+
+def test_cli_builds_far_field_and_telephone_sets(data_dir, tmp_path):
+    rooms = data_dir / "rooms"
+    args = [str(data_dir / "librispeech"), "--output", str(tmp_path / "far"), "--count", "2", "--duration", "20",
+            "--rir", str(rooms / "rir" / "sim_bedroom_0.wav"), str(rooms / "rir" / "sim_bedroom_1.wav"),
+            "--noise", str(rooms / "noise" / "kitchen_dishes.flac"), "--snr", "5,20", "--seed", "4"]
+    assert conversations_main(args) == 0
+    summary = json.loads((tmp_path / "far" / "conversations.json").read_text())
+    for c in summary["conversations"]:
+        assert set(c["effects"]["rirs"]) == set(c["levels_dbfs"]) and 5 <= c["effects"]["snr_db"] <= 20
+    assert conversations_main(args[:3] + ["--count", "1", "--duration", "20", "--telephone", "--output",
+                                          str(tmp_path / "tel")]) == 0
+    first = sf.read(tmp_path / "far" / "conv000.wav")[0]
+    assert conversations_main(args[:1] + ["--output", str(tmp_path / "again")] + args[3:]) == 0
+    assert np.array_equal(first, sf.read(tmp_path / "again" / "conv000.wav")[0])
