@@ -7,22 +7,17 @@ disk). ``IdentifyingBackend`` wraps a ``ClusteringBackend`` (incremental or UIS-
   of the unit embeddings); a one-to-one assignment (cannot-link: two local speakers of one chunk
   never take the same name, one local speaker never takes two) accepts the pairs whose
   similarity reaches ``threshold``. Those local speakers get the profile's global id (one per
-  profile, after the back-end's own ids). The back-end still sees them (``hide=False``, the
-  default), so it keeps tracking the enrolled voice: its chunks that miss the threshold do not
-  land in, and mix, an unknown voice's cluster;
-- every other local speaker keeps the back-end's anonymous label ``speaker_N``. A name can never
-  look like an anonymous label (``check_name`` refuses ``speaker_<digits>``), so the two never
-  collide.
+  profile, after the back-end's own ids) and are hidden from the back-end;
+- every other local speaker goes to the back-end as before and keeps an anonymous label
+  ``speaker_N``. A name can never look like an anonymous label (``check_name`` refuses
+  ``speaker_<digits>``), so the two never collide.
 
-The wrapper also keeps the last ``RECENT_CHUNKS`` unit embeddings of each anonymous speaker.
-When that recent voice (``MIN_CHUNKS`` chunks or more) reaches the threshold against a profile,
-the anonymous speaker is recognised as it, for as long as its recent voice matches: its chunks
-then take the name *if they sound like the profile themselves* (similarity at least
-``threshold - GATE_MARGIN``), so an enrolled voice whose short chunks miss the threshold still
-ends up named, while an unknown voice the back-end put in the same cluster stays anonymous
-(recognition never renames the anonymous column itself). ``alias`` (an anonymous speaker named
-over MQTT) sends all its chunks to the name. Within one chunk, two local speakers never share a
-column.
+The wrapper also sums the unit embeddings each anonymous speaker received (whatever the
+back-end). When that accumulated voice (``MIN_CHUNKS`` chunks or more) reaches the threshold
+against a profile, the anonymous speaker is recognised: from then on its chunks go to the
+name's column (an enrolled voice whose first, short chunks missed the threshold still ends up
+named). ``alias`` does the same on request (an anonymous speaker named over MQTT). Within one
+chunk, two local speakers never share a column.
 """
 
 from __future__ import annotations
@@ -43,15 +38,9 @@ MAX_NAME = 64
 _ANONYMOUS = re.compile(r"speaker_\d+", re.IGNORECASE)
 # cosine similarity a local speaker needs to take an enrolled name; calibrated by
 # benchmarks/identification.py --calibrate (see README, "Who is speaking, by name")
-DEFAULT_THRESHOLD = 0.65
-# chunks an anonymous speaker needs before its recent voice is compared with the profiles
+DEFAULT_THRESHOLD = 0.55
+# chunks an anonymous speaker needs before its accumulated voice is compared with the profiles
 MIN_CHUNKS = 3
-# the recent voice of an anonymous speaker: the mean of its last RECENT_CHUNKS unit embeddings
-RECENT_CHUNKS = 10
-# a chunk of a recognised anonymous speaker takes the name only when its own similarity to the
-# profile reaches threshold - GATE_MARGIN (a cluster mixing an enrolled and an unknown voice
-# keeps the unknown voice's chunks anonymous)
-GATE_MARGIN = 0.15
 
 
 class NameError_(EdgedError):
@@ -152,22 +141,16 @@ class IdentifyingBackend:
     stream's shape. ``label(id)`` is the name or ``speaker_<id>``."""
 
     def __init__(self, inner: ClusteringBackend, identifier: Identifier, inner_max: int, tau_active: float,
-                 capacity: int | None = None, hide: bool = False, recent: int = RECENT_CHUNKS,
-                 gate_margin: float = GATE_MARGIN):
+                 capacity: int | None = None):
         self.inner = inner
         self.identifier = identifier
         self.inner_max = int(inner_max)
         self.capacity = max(len(identifier), int(capacity if capacity is not None else len(identifier) + 8))
         self.tau_active = float(tau_active)
         self.slot_names: list[str | None] = list(identifier.names) + [None] * (self.capacity - len(identifier))
-        self.hide = bool(hide)
-        self.recent = max(1, int(recent))
-        self.gate_margin = float(gate_margin)
-        self.alias_slots: dict[int, int] = {}  # anonymous id -> name slot it was named as (alias)
-        self.recognised: dict[int, int] = {}  # anonymous id -> name slot its recent voice matches now
+        self.alias_slots: dict[int, int] = {}  # anonymous id -> name slot it was recognised as
         self._sums: dict[int, np.ndarray] = {}  # anonymous id -> sum of its unit embeddings
         self._counts: dict[int, int] = {}
-        self._recent: dict[int, list[np.ndarray]] = {}  # anonymous id -> its last unit embeddings
 
     # --- labels ------------------------------------------------------------------------
     @property
@@ -231,8 +214,6 @@ class IdentifyingBackend:
             self.slot_names[slot] = None
             for k in [k for k, v in self.alias_slots.items() if v == slot]:
                 del self.alias_slots[k]
-            for k in [k for k, v in self.recognised.items() if v == slot]:
-                del self.recognised[k]
         return known
 
     def rename(self, old: str, new: str) -> bool:
@@ -255,8 +236,7 @@ class IdentifyingBackend:
         active = (seg.max(axis=0, initial=-np.inf) >= self.tau_active) & finite
         named = self._match(emb, active)
         hidden = emb.copy()
-        if self.hide:
-            hidden[named >= 0] = np.nan  # the back-end ignores speakers without a finite embedding
+        hidden[named >= 0] = np.nan  # the back-end ignores speakers without a finite embedding
         ready = self.inner.push(local, hidden, (named, emb, active, update, payload), update=update)
         return [self._combine(a, p) for a, p in ready]
 
@@ -267,10 +247,8 @@ class IdentifyingBackend:
         """Forget the anonymous speakers (names stay: they are not stream state)."""
         self.inner.reset()
         self.alias_slots.clear()
-        self.recognised.clear()
         self._sums.clear()
         self._counts.clear()
-        self._recent.clear()
 
     def update(self, params: PipelineParams) -> None:
         self.tau_active = float(params.tau_active)
@@ -296,40 +274,23 @@ class IdentifyingBackend:
                 unit = emb[spk] / max(np.linalg.norm(emb[spk]), 1e-12)
                 self._sums[g] = self._sums.get(g, 0.0) + unit
                 self._counts[g] = self._counts.get(g, 0) + 1
-                recent = self._recent.setdefault(g, [])
-                recent.append(unit)
-                del recent[: -self.recent]
-                if g not in self.alias_slots:
+                if g not in self.alias_slots and self._counts[g] >= MIN_CHUNKS:
                     self._recognise(g)
-        used = set(mapping[named >= 0].tolist())
-        for spk in np.flatnonzero((anonymous >= 0) & (named < 0)):
-            g = int(anonymous[spk])
-            slot = self.alias_slots.get(g)  # named on request: every chunk
-            if slot is None:  # recognised: only chunks that sound like the profile themselves
-                slot = self.recognised.get(g)
-                if slot is not None and not self._sounds_like(emb[spk], slot):
-                    slot = None
-            if slot is not None and self.slot_names[slot] is not None and self.inner_max + slot not in used:
+        for spk in np.flatnonzero(anonymous >= 0):  # recognised anonymous speakers: the name's column
+            slot = self.alias_slots.get(int(anonymous[spk]))
+            if slot is not None and self.slot_names[slot] is not None \
+                    and self.inner_max + slot not in mapping.tolist():
                 mapping[spk] = self.inner_max + slot
-                used.add(self.inner_max + slot)
         return Assignment(mapping, self.num_global), inner_payload
 
-    def _sounds_like(self, embedding: np.ndarray, slot: int) -> bool:
-        name = self.slot_names[slot]
-        if name is None or not np.isfinite(embedding).all():
-            return False
-        sim = self.identifier.similarities(np.asarray(embedding)[None])[0, self.identifier.names.index(name)]
-        return bool(sim >= self.identifier.threshold - self.gate_margin)
-
     def _recognise(self, speaker: int) -> None:
-        """Recognise (or stop recognising) an anonymous speaker by its recent voice."""
-        self.recognised.pop(speaker, None)
-        if not len(self.identifier) or self._counts.get(speaker, 0) < MIN_CHUNKS:
+        """Alias an anonymous speaker whose accumulated voice matches a profile."""
+        if not len(self.identifier):
             return
-        sims = self.identifier.similarities(np.mean(self._recent[speaker], axis=0)[None])[0]
+        sims = self.identifier.similarities(self._sums[speaker][None])[0]
         best = int(np.argmax(sims))
         if sims[best] >= self.identifier.threshold:
-            self.recognised[speaker] = self.slot_names.index(self.identifier.names[best])
+            self.alias_slots[speaker] = self.slot_names.index(self.identifier.names[best])
 
     # --- state ---------------------------------------------------------------------------
     def anonymous_state(self) -> dict[str, Any]:
