@@ -18,8 +18,12 @@ of the part the pipeline detected), the share of never-enrolled voices' speech (
 enrolled voice speaks) labelled with any enrolled name (``false accept``), DER with and without
 profiles (no collar, overlap scored), and the compute per step.
 
-    PYTHONPATH=. python benchmarks/identification.py --calibrate
-    PYTHONPATH=. python benchmarks/identification.py --threshold 0.6 --json out/identification.json
+The pipeline runs with the bundle's tuned preset for the latency (what users get; ``--preset
+ami`` for diart's). ``--cache FILE`` remembers segmentation/embedding outputs, so sweeps replay
+only the clustering (whole-step timings of cached runs are then not model timings).
+
+    PYTHONPATH=. python benchmarks/identification.py --calibrate --sweep 0.5,0.55,0.6,0.65 --conversations 16 --cache cache/ident.pkl
+    PYTHONPATH=. python benchmarks/identification.py --threshold 0.55 --conversations 8 --json out/identification.json
 """
 
 from __future__ import annotations
