@@ -18,8 +18,12 @@ of the part the pipeline detected), the share of never-enrolled voices' speech (
 enrolled voice speaks) labelled with any enrolled name (``false accept``), DER with and without
 profiles (no collar, overlap scored), and the compute per step.
 
-    PYTHONPATH=. python benchmarks/identification.py --calibrate
-    PYTHONPATH=. python benchmarks/identification.py --threshold 0.6 --json out/identification.json
+The pipeline runs with the bundle's tuned preset for the latency (what users get; ``--preset
+ami`` for diart's). ``--cache FILE`` remembers segmentation/embedding outputs, so sweeps replay
+only the clustering (whole-step timings of cached runs are then not model timings).
+
+    PYTHONPATH=. python benchmarks/identification.py --calibrate --sweep 0.5,0.55,0.6,0.65 --conversations 16 --cache cache/ident.pkl
+    PYTHONPATH=. python benchmarks/identification.py --threshold 0.55 --conversations 8 --json out/identification.json
 """
 
 from __future__ import annotations
@@ -47,6 +51,50 @@ from edged.sources.file import read_audio  # noqa: E402
 from host.conversations import ConversationSpec, build_conversation  # noqa: E402
 
 BIN = 0.01
+
+
+class _Cached:
+    """A model block whose outputs are remembered by input bytes (``--cache``): identification
+    settings do not change segmentation or embeddings, so a sweep replays only the clustering.
+    Step timings are meaningless with a warm cache (report them from a run without it)."""
+
+    def __init__(self, inner, store: dict, kind: str):
+        self._inner, self._store, self._kind = inner, store, kind
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __call__(self, *args):
+        import hashlib
+
+        h = hashlib.sha1(self._kind.encode())
+        for a in args:
+            h.update(np.ascontiguousarray(a).tobytes() if isinstance(a, np.ndarray) else repr(a).encode())
+        key = h.hexdigest()
+        if key not in self._store:
+            self._store[key] = self._inner(*args)
+            self._store["_dirty"] = True
+        return self._store[key]
+
+
+def cached_models(models, path: Path):
+    import pickle
+    from dataclasses import replace
+
+    store = pickle.loads(path.read_bytes()) if path.exists() else {}
+    store["_dirty"] = False
+
+    def save():
+        if store.get("_dirty"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(store))
+            tmp.replace(path)
+            store["_dirty"] = False
+
+    wrapped = replace(models, segmentation=_Cached(models.segmentation, store, "seg"),
+                      embedding=_Cached(models.embedding, store, "emb"))
+    return wrapped, save
 
 
 def voices(data: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
@@ -228,14 +276,27 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--preset", default="bundle",
+                    help="pipeline preset: bundle (the bundle's tuned preset for the latency, what users get) or ami")
+    ap.add_argument("--latency", type=float, default=5.0)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="remember segmentation/embedding outputs in this file (sweeps replay only clustering; "
+                         "step timings are then meaningless)")
     args = ap.parse_args()
 
     from edged.config import SpeakersConfig
 
+    from edged.diarize.presets import resolve
+
     models = load_models(args.models, args.variant)
-    params = PipelineParams.preset("ami", clustering=args.clustering)
+    save = None
+    if args.cache is not None:
+        models, save = cached_models(models, args.cache)
+    bundle_presets = None if models.bundle.presets is None else models.bundle.presets.by_latency
+    params = resolve(args.preset, bundle_presets, {"clustering": args.clustering, "latency": args.latency})
     (cal_enrolled, cal_others), (ev_enrolled, ev_others) = halves(args.data)
-    result: dict = {"variant": args.variant, "clustering": args.clustering, "fa_target_pct": args.fa_target}
+    result: dict = {"variant": args.variant, "clustering": args.clustering, "preset": args.preset,
+                    "latency": args.latency, "fa_target_pct": args.fa_target}
     started = time.perf_counter()
     if args.calibrate:
         vectors, tests, skipped = enroll_all(models, params, cal_enrolled)
@@ -246,6 +307,8 @@ def main() -> int:
             row = evaluate(models, params, vectors, convs, threshold, baseline=False)
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if save is not None:
+                save()
         # the most right names among the thresholds within 60% of the target (a margin for unseen
         # voices), else the one with the fewest false accepts
         ok = [r for r in rows if r["false_accept_pct"] <= 0.6 * args.fa_target]
@@ -265,6 +328,8 @@ def main() -> int:
         if skipped:
             print(f"not enrolled (refused): {skipped}")
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    if save is not None:
+        save()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
