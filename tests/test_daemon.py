@@ -240,6 +240,15 @@ def test_bad_config_exits_78_with_one_line(tmp_path):
     assert proc.returncode == 78 and "invalid YAML at line" in proc.stderr and proc.stderr.count("\n") == 1
 
 
+def test_unreadable_audio_file_exits_78_naming_it(bundle, tmp_path):
+    missing = tmp_path / "gone.wav"
+    config = write_config(tmp_path, bundle, 1, missing)
+    proc = subprocess.run([*EDGED, "run", "--config", str(config)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"edged: error: audio.file: {missing}: audio file not found"
+
+
 def test_check_reports_each_part(bundle, data_dir, broker, tmp_path):
     config = write_config(tmp_path, bundle, broker.port, data_dir / "falcon" / "falcon.wav")
     ok = subprocess.run([*EDGED, "check", "--config", str(config)], cwd=REPO, capture_output=True, text=True,

@@ -26,7 +26,7 @@ from edged.config import DaemonConfig
 from edged.delivery.spool import SpoolWriteError
 from edged.diarize.events import Event, TurnEvent
 from edged.diarize.stream import Stream
-from edged.errors import EdgedError
+from edged.errors import AudioError, ConfigError, EdgedError
 from edged.messages import ActivityMessage, TurnMessage, stats_payload
 from edged.models.blocks import Models, load_models
 from edged.service.notify import Notifier
@@ -83,7 +83,13 @@ class Daemon:
         self._open_spool_and_publisher(c)
         try:
             source = open_source(c, self.models.sample_rate, self.replay_speed)
-            source.start()
+            try:
+                source.start()
+            except AudioError as exc:
+                if c.audio.source != "file":
+                    raise
+                # a recording that cannot be read will not heal by restarting: a config error (78)
+                raise ConfigError(f"audio.file: {exc}") from None
             self.stream = Stream(source, self.speakers.diarizer(self.models, c.pipeline))
             self._open_events_file(c)
             log.info("edged %s: models %s (%s), audio %s, broker %s:%s", c.device, c.models.path, c.models.variant,
