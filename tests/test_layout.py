@@ -56,6 +56,15 @@ def edge_modules() -> dict[str, Path]:
     return {module_name(p, root, "edged"): p for p in root.rglob("*.py")}
 
 
+def test_every_package_is_installed():
+    """A non-editable install (the device's, the arm64 proof's) only has the packages pyproject lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {module_name(p, REPO / "edged", "edged") for p in (REPO / "edged").rglob("__init__.py")}
+    assert on_disk <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(on_disk - listed)}"
+
+
 def test_every_edge_module_has_a_layer():
     unplaced = [m for m in edge_modules() if m != "edged" and layer(m) is None]
     assert not unplaced, f"modules outside the layers {sorted(RANK)}: {unplaced}"
