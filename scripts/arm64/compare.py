@@ -126,7 +126,9 @@ def check_mqtt(listened: Path, daemon_events: Path, device: str) -> tuple[bool, 
         return False, f"MQTT: {listened} missing (the subscriber did not run)"
     messages = [json.loads(line) for line in listened.read_text().splitlines() if line.startswith("{")]
     prefix = f"edged/{device}/"
-    turns = [m["payload"] for m in messages if m["topic"] == prefix + "turn" and isinstance(m["payload"], dict)]
+    # the turn topic also carries edged check's probe ({"type": "probe"}): consumers keep type "turn"
+    turns = [m["payload"] for m in messages if m["topic"] == prefix + "turn" and isinstance(m["payload"], dict)
+             and m["payload"].get("type") == "turn"]
     status = [m["payload"] for m in messages if m["topic"] == prefix + "status" and not m["retained"]]
     stats = [m["payload"] for m in messages if m["topic"] == prefix + "stats"]
     problems = []
