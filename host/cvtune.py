@@ -44,6 +44,7 @@ SPACE: dict[str, tuple[float, float]] = {
     "min_duration_on": (0.0, 1.0),
     "min_duration_off": (0.0, 1.0),
     "decision_weight": (0.0, 1.0),
+    "decision_threshold": (0.2, 0.8),
 }
 # left fixed: tau_active (inert: the clustering sees 0/1 local decisions, so every value in
 # (0, 1] gives the same output), gamma/beta (change the embeddings: a new extraction per value),

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edged.diarize.aggregation import DelayedAggregator, blend_decisions
+from edged.diarize.aggregation import DelayedAggregator, blend_decisions, decisions_at
 from edged.diarize.binarize import Binarizer
 from edged.diarize.clustering import IncrementalClustering
 from edged.diarize.params import PipelineParams
@@ -132,7 +132,8 @@ def replay(feat: Features, params: PipelineParams) -> list[tuple[str, float, flo
     for i in range(n):
         probs = feat.probs[i]
         local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
-        scores = blend_decisions(probs, local, p.decision_weight)
+        scores = blend_decisions(probs, decisions_at(probs, local, p.decision_threshold, LOCAL_THRESHOLD),
+                                 p.decision_weight)
         padded = feat.num_real[i] < window
         glob = clustering.identify(local, feat.emb[i], update=not padded).apply(scores)
         start = int(feat.starts[i])
@@ -440,7 +441,8 @@ def fast_replay(prep: _Prepared, params: PipelineParams) -> list[tuple[str, floa
     pl = prep.plan(p.latency)
     maps = _mappings(prep, pl, p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
     probs = prep.feat.probs[: pl.n]
-    scores = blend_decisions(probs, prep.local[: pl.n], p.decision_weight)
+    scores = blend_decisions(probs, decisions_at(probs, prep.local[: pl.n], p.decision_threshold, LOCAL_THRESHOLD),
+                             p.decision_weight)
     total = len(pl.den)
     S = p.max_speakers
     # every (output frame, window, window frame) contribution, window-major: bincount then adds

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edged.diarize.aggregation import DelayedAggregator, aggregate_frames, blend_decisions
+from edged.diarize.aggregation import DelayedAggregator, aggregate_frames, blend_decisions, decisions_at
 from edged.dsp.buffer import RollingBuffer
 from edged.dsp.frames import SEGMENTATION_FRAMES as G, FrameGrid
 
@@ -253,6 +253,15 @@ def test_full_latency_matches_pyannote_offline_aggregate(hamming, strategy):
     idx = np.flatnonzero(covered[:n])
     assert len(idx) > 0.95 * n
     np.testing.assert_allclose(ours[idx - first], theirs[idx], rtol=1e-5, atol=1e-6)
+
+
+def test_decisions_at_reuses_local_or_rethresholds():
+    p = np.array([[0.1, 0.45], [0.55, 0.9]], np.float32)
+    local = (p >= 0.5).astype(np.float32)
+    assert decisions_at(p, local, 0.5, 0.5) is local
+    np.testing.assert_array_equal(decisions_at(p, local, 0.4, 0.5), [[0, 1], [1, 1]])
+    np.testing.assert_array_equal(decisions_at(p, local, 0.6, 0.5), [[0, 0], [0, 1]])
+    assert decisions_at(p, local, 0.4, 0.5).dtype == np.float32
 
 
 def test_blend_decisions_mixes_probabilities_and_votes():

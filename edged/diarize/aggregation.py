@@ -20,10 +20,18 @@ from edged.dsp.frames import FrameGrid
 STRATEGIES = ("hamming", "mean", "first")
 
 
+def decisions_at(probabilities: np.ndarray, local: np.ndarray, threshold: float, local_threshold: float) -> np.ndarray:
+    """The 0/1 decisions to blend: ``local`` (taken at ``local_threshold``) when the thresholds are
+    equal, else the probabilities taken at ``threshold``."""
+    if threshold == local_threshold:
+        return local
+    return (np.asarray(probabilities) >= threshold).astype(np.float32)
+
+
 def blend_decisions(probabilities: np.ndarray, decisions: np.ndarray, weight: float) -> np.ndarray:
     """Chunk scores to aggregate: ``(1 - weight) * probabilities + weight * decisions``.
 
-    ``decisions`` are the 0/1 local speaker activities the clustering saw.  ``weight`` 0 keeps the
+    ``decisions`` are 0/1 local speaker activities (``decisions_at``).  ``weight`` 0 keeps the
     probabilities; 1 aggregates votes, as diart and pyannote's offline pipeline do."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight}")

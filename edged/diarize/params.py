@@ -53,6 +53,9 @@ class PipelineParams:
     decision_weight: float = _p(
         0.25, 0.0, 1.0, True, "share of the local 0/1 decisions (the rest: probabilities) in the aggregated scores"
     )
+    decision_threshold: float = _p(
+        0.5, 0.05, 0.95, True, "local probability at which a local speaker's decision is 1 in the aggregated scores"
+    )
     onset: float = _p(0.507, 0.0, 1.0, True, "binarization onset threshold")
     offset: float = _p(0.507, 0.0, 1.0, True, "binarization offset threshold")
     min_duration_on: float = _p(0.0, 0.0, 2.0, True, "shortest turn kept, s")

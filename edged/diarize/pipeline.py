@@ -7,7 +7,8 @@ speakers to global ones -> delayed aggregation of the overlapping windows at ``p
 
 Embedding weights and clustering see the local activations binarised at 0.5 (as diart, whose
 segmentation is hard). Aggregation takes the mean over the overlapping chunks of
-``(1 - decision_weight) * probability + decision_weight * decision``. With the UIS-RNN back-end
+``(1 - decision_weight) * probability + decision_weight * decision``, a decision being the
+probability binarised at ``decision_threshold``. With the UIS-RNN back-end
 a chunk's assignment is final ``uisrnn_lag`` steps later, so turns come
 ``latency + uisrnn_lag * step`` seconds after the audio.
 
@@ -25,7 +26,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from edged.diarize.aggregation import DelayedAggregator, blend_decisions
+from edged.diarize.aggregation import DelayedAggregator, blend_decisions, decisions_at
 from edged.diarize.binarize import Binarizer
 from edged.dsp.buffer import Chunk, RollingBuffer
 from edged.diarize.backend import ClusteringBackend
@@ -189,7 +190,9 @@ class StreamingDiarizer:
         else:  # nobody speaks: clustering would ignore every embedding, so skip the model
             emb = np.full((local.shape[1], self.models.bundle.embedding.dim), np.nan, np.float32)
         t2 = time.perf_counter()
-        scores = blend_decisions(probs, local, self.params.decision_weight)
+        p = self.params
+        scores = blend_decisions(probs, decisions_at(probs, local, p.decision_threshold, LOCAL_THRESHOLD),
+                                 p.decision_weight)
         # windows reaching past the end of the stream are mostly padding: they are labelled
         # but do not move the centroids
         padded = chunk.num_real < self.window_samples
