@@ -17,6 +17,7 @@ from edged_host.conversations import (
     build_set,
     load_sources,
     measure,
+    speech_regions,
 )
 from edged_host.scoring import load_rttm, load_uem
 
@@ -178,3 +179,18 @@ def test_cli_builds_far_field_and_telephone_sets(data_dir, tmp_path):
     first = sf.read(tmp_path / "far" / "conv000.wav")[0]
     assert conversations_main(args[:1] + ["--output", str(tmp_path / "again")] + args[3:]) == 0
     assert np.array_equal(first, sf.read(tmp_path / "again" / "conv000.wav")[0])
+
+
+def test_speech_regions_leave_out_pauses_of_a_noisy_recording():
+    # 1 s bursts of a voice-like tone with 1 s pauses, over noise 25 dB below the bursts: the
+    # pauses are within 35 dB of the loud frames but are only noise
+    rng = np.random.default_rng(0)
+    sr = 16000
+    t = np.arange(sr) / sr
+    burst = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    audio = np.concatenate([np.zeros(sr), burst, np.zeros(sr), burst, np.zeros(sr)])
+    audio = audio + rng.normal(0, 0.3 / np.sqrt(2) * 10 ** (-25 / 20), len(audio))
+    regions = speech_regions(audio.astype(np.float32), sr)
+    assert len(regions) == 2
+    for (a, b), start in zip(regions, (1.0, 3.0)):
+        assert abs(a - start) < 0.05 and abs(b - (start + 1.0)) < 0.05
