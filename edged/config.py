@@ -10,7 +10,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 from edged.diarize.params import PRESETS, PipelineParams
 
@@ -49,6 +49,14 @@ class AudioConfig:
             raise ValueError("source is file but file is not set; set audio.file to a WAV/FLAC file")
         if self.stall_s * 1000 < 2 * self.block_ms:
             raise ValueError(f"stall_s={self.stall_s:g} must cover at least two blocks ({2 * self.block_ms} ms)")
+
+
+@runtime_checkable
+class CrossChecked(Protocol):
+    """A config section with checks across its fields, run after the fields are each valid."""
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) when the fields do not fit together."""
 
 
 _BAD_TOPIC = re.compile(r"[#+\x00]|^/|/$|//")

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from edged.config import DaemonConfig
+from edged.config import CrossChecked, DaemonConfig
 from edged.diarize.params import PipelineParams
 from edged.diarize.presets import BUNDLE, resolve as resolve_preset
 from edged.diarize.presets import CHOICES as PRESET_CHOICES
@@ -138,9 +138,8 @@ def build(cls: type[T], data: Any, where: str) -> T:
               for name, value in data.items()}
     try:
         obj = cls(**kwargs)
-        validate = getattr(obj, "validate", None)
-        if callable(validate):
-            validate()
+        if isinstance(obj, CrossChecked):
+            obj.validate()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}" if where and not str(exc).startswith(where) else str(exc)) from None
     except (ValueError, TypeError) as exc:
