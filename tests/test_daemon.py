@@ -69,13 +69,6 @@ class Collector:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def broker(tmp_path):
-    m = Mosquitto(tmp_path / "broker").start()
-    yield m
-    m.stop()
-
-
 def write_config(tmp_path: Path, bundle: Path, port: int, audio: Path, device: str = "test1", **extra: str) -> Path:
     sections = {
         "device_id": device,

@@ -27,20 +27,6 @@ BIN = 0.01
 
 
 @pytest.fixture(scope="module")
-def models(bundle):
-    return load_models(bundle, "int8")
-
-
-@pytest.fixture(scope="module")
-def libri(data_dir) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = {}
-    for line in (data_dir / "librispeech" / "manifest.tsv").read_text().splitlines()[1:]:
-        path, speaker = line.split("\t")[:2]
-        out.setdefault(speaker, []).append(data_dir / "librispeech" / path)
-    return out
-
-
-@pytest.fixture(scope="module")
 def scene(models, libri, tmp_path_factory):
     """Two readers enrolled from utterances 0-1; a 40 s conversation of utterances 2-9 of both and
     of a third, never-enrolled reader."""

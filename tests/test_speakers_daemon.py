@@ -8,6 +8,7 @@ import json
 import sys
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mosquitto import Mosquitto, wait_for  # noqa: E402
+from mosquitto import wait_for  # noqa: E402
 from test_daemon import start_daemon, write_config  # noqa: E402
 
 from edged.profiles.store import ProfileStore, profile_path  # noqa: E402
@@ -75,31 +76,15 @@ class Client:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def broker(tmp_path):
-    m = Mosquitto(tmp_path / "broker").start()
-    yield m
-    m.stop()
-
-
 @pytest.fixture(scope="module")
-def readers(data_dir) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = {}
-    for line in (data_dir / "librispeech" / "manifest.tsv").read_text().splitlines()[1:]:
-        path, speaker = line.split("\t")[:2]
-        out.setdefault(speaker, []).append(data_dir / "librispeech" / path)
-    return out
-
-
-@pytest.fixture(scope="module")
-def audio(readers, tmp_path_factory):
+def audio(libri, tmp_path_factory):
     """A 30 s conversation of two readers, and a clip of the second reader alone (other utterances)."""
     folder = tmp_path_factory.mktemp("audio")
-    a, b = sorted(readers)[3:5]
-    conv = build_conversation({a: readers[a][:5], b: readers[b][:5]},
+    a, b = sorted(libri)[3:5]
+    conv = build_conversation({a: libri[a][:5], b: libri[b][:5]},
                               ConversationSpec(speakers=2, duration=30.0, overlap=0.0, seed=5), name="talk")
     wav, _ = write_conversation(conv, folder)
-    alone = np.concatenate([read_audio(p) for p in readers[b][5:8]])
+    alone = np.concatenate([read_audio(p) for p in libri[b][5:8]])
     sf.write(folder / "alone.wav", alone, 16000, subtype="PCM_16")
     return {"conv": conv, "talk": wav, "alone": folder / "alone.wav", "a": a, "b": b}
 
@@ -117,11 +102,29 @@ def majority(conv, turns, reader: str) -> str:
     return votes.most_common(1)[0][0]
 
 
-def run_daemon(config: Path, tmp_path: Path, speed: float = 8.0) -> str:
-    proc = start_daemon(config, speed=speed)
+def finish(proc) -> str:
+    """The daemon's output once it stopped at the end of its file; fails unless it exited 0."""
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     return out
+
+
+def run_daemon(config: Path, tmp_path: Path, speed: float = 8.0) -> str:
+    return finish(start_daemon(config, speed=speed))
+
+
+@contextmanager
+def daemon(config: Path, client: Client, speed: float):
+    """A running daemon that answers commands; killed if the test fails before it stopped. Closes ``client``."""
+    proc = start_daemon(config, speed=speed)
+    try:
+        client.wait_ready()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.close()
 
 
 def test_speakers_survive_a_restart(bundle, broker, audio, tmp_path):
@@ -163,9 +166,7 @@ def test_mqtt_commands_name_forget_reset_and_bad_input(bundle, broker, audio, tm
     client = Client(broker.port, "names2")
     config = write_config(tmp_path, bundle, broker.port, audio["talk"], device="names2", mqtt__commands=True,
                           mqtt__homeassistant=True, speakers__keep_state=False)
-    proc = start_daemon(config, speed=1.5)
-    try:
-        client.wait_ready()
+    with daemon(config, client, speed=1.5) as proc:
         # bad input first: each gets one error result and changes nothing
         client.command(b"{not json")
         bad = wait_for(lambda: [r for r in client.on("command/result") if r.get("id") is None], 60,
@@ -215,22 +216,14 @@ def test_mqtt_commands_name_forget_reset_and_bad_input(bundle, broker, audio, tm
         assert not profile_path(profiles, "Alice").exists()
         wait_for(lambda: any(c == {"platform": "binary_sensor"} for c in people().values()), 30,
                  what="HA sensor removed")
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        client.close()
+        finish(proc)
 
 
 def test_mqtt_enroll_from_the_next_seconds(bundle, broker, audio, tmp_path):
     client = Client(broker.port, "names3")
     config = write_config(tmp_path, bundle, broker.port, audio["alone"], device="names3", mqtt__commands=True,
                           speakers__keep_state=False)
-    proc = start_daemon(config, speed=1.0)
-    try:
-        client.wait_ready()
+    with daemon(config, client, speed=1.0) as proc:
         # the refusals are answered at once; asked while the daemon still has audio to play
         client.command({"id": "e3", "action": "enroll", "name": "Carl", "seconds": 2})
         assert "out of range" in client.result("e3")["error"]
@@ -241,10 +234,4 @@ def test_mqtt_enroll_from_the_next_seconds(bundle, broker, audio, tmp_path):
         client.command({"id": "e2", "action": "enroll", "name": "Bob", "seconds": 7})
         assert "already enrolled" in client.result("e2")["error"]
         wait_for(lambda: any(t["speaker"] == "Bob" for t in client.turns()), 120, what="a turn named Bob")
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        client.close()
+        finish(proc)
