@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mosquitto import Mosquitto, wait_for  # noqa: E402
+from mosquitto import wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EDGED = [sys.executable, "-m", "edged.cli"]
