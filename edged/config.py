@@ -122,7 +122,8 @@ class MqttConfig:
     homeassistant: bool = False
     # Home Assistant discovery prefix
     discovery_prefix: str = "homeassistant"
-    # accept JSON commands on <prefix>/command (name, enroll, forget, reset); limit who may publish there with a broker ACL
+    # accept JSON commands on <prefix>/command (name, enroll, forget, reset, rename); limit who may
+    # publish there with a broker ACL
     commands: bool = False
 
     def validate(self) -> None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the data folder and one real exported bundle per test session."""
+"""Shared fixtures: the data folder, one real exported bundle and its int8 models per test session,
+the LibriSpeech readers of the shared data, and a real mosquitto per test."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mosquitto import Mosquitto  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +60,27 @@ def bundle(request) -> Path:
     if existing and not os.environ.get("CI"):
         return Path(existing)
     return request.getfixturevalue("exported_bundle")
+
+
+@pytest.fixture(scope="session")
+def models(bundle):
+    """The int8 models of ``bundle``, loaded once per session."""
+    from edged.models.blocks import load_models
+
+    return load_models(bundle, "int8")
+
+
+@pytest.fixture(scope="session")
+def libri(data_dir) -> dict[str, list[Path]]:
+    """LibriSpeech reader -> its utterances, in ``manifest.tsv`` order."""
+    from edged_host.conversations import load_sources
+
+    return load_sources(data_dir / "librispeech")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real mosquitto on free ports, stopped after the test."""
+    m = Mosquitto(tmp_path / "broker").start()
+    yield m
+    m.stop()

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mosquitto import Mosquitto, wait_for  # noqa: E402
+from mosquitto import wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EDGED = [sys.executable, "-m", "edged.cli"]
@@ -67,13 +66,6 @@ class Collector:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    m = Mosquitto(tmp_path / "broker").start()
-    yield m
-    m.stop()
 
 
 def write_config(tmp_path: Path, bundle: Path, port: int, audio: Path, device: str = "test1", **extra: str) -> Path:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from edged.diarize.events import TurnEvent
-from edged.diarize.identify import Identifier
+from edged.diarize.clustering import IncrementalClustering
+from edged.diarize.identify import Identifier, IdentifyingBackend, NameError_
 from edged.diarize.params import PipelineParams
 from edged.diarize.pipeline import StreamingDiarizer
 from edged.models.blocks import load_models
@@ -24,20 +25,6 @@ from host.conversations import ConversationSpec, build_conversation, write_conve
 REPO = Path(__file__).resolve().parents[1]
 EDGED = [sys.executable, "-m", "edged.cli"]
 BIN = 0.01
-
-
-@pytest.fixture(scope="module")
-def models(bundle):
-    return load_models(bundle, "int8")
-
-
-@pytest.fixture(scope="module")
-def libri(data_dir) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = {}
-    for line in (data_dir / "librispeech" / "manifest.tsv").read_text().splitlines()[1:]:
-        path, speaker = line.split("\t")[:2]
-        out.setdefault(speaker, []).append(data_dir / "librispeech" / path)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +64,29 @@ def test_cannot_link_one_name_per_voice_in_a_chunk():
     got = ident.match(np.stack([near, nearer]), np.array([True, True]))
     assert got.tolist() == [-1, 0]
     assert ident.match(np.stack([rng.normal(size=192)]), np.array([True])).tolist() == [-1]  # a stranger
+
+
+def test_rename_moves_the_slot_and_its_aliases_to_the_new_name():
+    rng = np.random.default_rng(1)
+    alice, bob = rng.normal(size=192), rng.normal(size=192)
+    wrapper = IdentifyingBackend(IncrementalClustering(0.5, 0.3, 1.0, 4), Identifier(["Alice", "Bob"],
+                                 np.stack([alice, bob]), 0.5), inner_max=4, tau_active=0.5)
+    local = np.ones((10, 1), dtype=np.float32)
+    [(named, _)] = wrapper.push(local, alice[None] + 0.01 * rng.normal(size=(1, 192)), "chunk")
+    alice_id = int(named.mapping[0])
+    wrapper.alias(0, "Alice")  # an anonymous speaker named Alice over MQTT
+    assert wrapper.label(alice_id) == wrapper.label(0) == "Alice"
+    assert wrapper.rename("Alice", "Alicia") is True
+    assert wrapper.label(alice_id) == wrapper.label(0) == "Alicia" and wrapper.aliases == {0: "Alicia"}
+    assert wrapper.identifier.names == ["Alicia", "Bob"]
+    [(again, _)] = wrapper.push(local, alice[None] + 0.01 * rng.normal(size=(1, 192)), "chunk")
+    assert wrapper.label(int(again.mapping[0])) == "Alicia"  # the same voice, the new name
+    assert wrapper.rename("Nobody", "Carl") is False
+    with pytest.raises(NameError_, match="'Bob' is already enrolled"):
+        wrapper.rename("Alicia", "Bob")
+    with pytest.raises(NameError_, match="'/'"):
+        wrapper.rename("Alicia", "a/b")
+    assert wrapper.identifier.names == ["Alicia", "Bob"] and wrapper.slot_names[:2] == ["Alicia", "Bob"]
 
 
 def test_diarize_with_profiles_writes_names_in_rttm_and_events(bundle, scene, tmp_path):

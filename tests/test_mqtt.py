@@ -33,13 +33,6 @@ TIMEOUT = 60.0  # generous: a loaded 2-core machine
 
 # --- fixtures and helpers ---------------------------------------------------------------------
 @pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def secure_broker(tmp_path):
     b = Mosquitto(tmp_path / "secure-broker", users={USER: PASSWORD, "reader": "reader-pw"}, tls=True).start()
     yield b

@@ -15,7 +15,6 @@ import pytest
 
 from edged.diarize.enrollment import SECOND_VOICE_S, voice_sample
 from edged.diarize.identify import Identifier, NameError_, check_name
-from edged.models.blocks import load_models
 from edged.profiles.store import Profile, ProfileError, ProfileStore, profile_path
 from edged.service.enroll import embedding_sha256, enroll_files, load_identifier
 from edged.sources.file import read_audio
@@ -41,20 +40,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
 
 
-@pytest.fixture(scope="module")
-def models(bundle):
-    return load_models(bundle, "int8")
-
-
-@pytest.fixture(scope="module")
-def libri(data_dir) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = {}
-    for line in (data_dir / "librispeech" / "manifest.tsv").read_text().splitlines()[1:]:
-        path, speaker = line.split("\t")[:2]
-        out.setdefault(speaker, []).append(data_dir / "librispeech" / path)
-    return out
-
-
 @pytest.mark.parametrize("name, words", [
     ("", "empty"), ("x" * 65, "65 characters"), ("a/b", "'/'"), ("a+b", "'+'"), ("a#b", "'#'"),
     ("a\x07b", "control character"), ("Alice Smith", "Alice_Smith"), ("speaker_3", "anonymous"),
@@ -71,7 +56,7 @@ def test_good_names_pass(name):
     assert check_name(name) == name
 
 
-def test_enroll_list_rename_remove_through_the_cli(bundle, libri, tmp_path):
+def test_enroll_list_rename_remove_through_the_cli(bundle, models, libri, tmp_path):
     folder = tmp_path / "speakers"
     files = [str(p) for p in libri["3005"][:2]]
     proc = edged("enroll", "Alice", *files, "--profiles", str(folder), "--models", str(bundle))
@@ -83,7 +68,7 @@ def test_enroll_list_rename_remove_through_the_cli(bundle, libri, tmp_path):
     assert [p.name for p in folder.iterdir()] == [path.name]  # no temporary file left behind
     data = json.loads(path.read_text())
     assert data["name"] == "Alice" and data["dim"] == 192 and data["speech_s"] >= 5.0
-    assert data["embedding_sha256"] == embedding_sha256(load_models(bundle, "int8"))
+    assert data["embedding_sha256"] == embedding_sha256(models)
     assert abs(np.linalg.norm(data["vector"]) - 1) < 1e-6
 
     listed = edged("speakers", "list", "--profiles", str(folder))

@@ -1,5 +1,5 @@
 """The real daemon with named speakers: speakers survive a restart, corrupt state is one warning,
-MQTT commands (name, enroll, forget, reset, bad input) against a real mosquitto, and the Home
+MQTT commands (name, enroll, rename, forget, reset, bad input) against a real mosquitto, and the Home
 Assistant "<name> speaking" sensors."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 import sys
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,11 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mosquitto import Mosquitto, wait_for  # noqa: E402
+from mosquitto import wait_for  # noqa: E402
 from test_daemon import start_daemon, write_config  # noqa: E402
 
-from edged.profiles.store import ProfileStore, profile_path  # noqa: E402
+from edged.delivery.people import person_key  # noqa: E402
+from edged.profiles.store import Profile, ProfileStore, profile_path  # noqa: E402
 from edged.sources.file import read_audio  # noqa: E402
 from host.conversations import ConversationSpec, build_conversation, write_conversation  # noqa: E402
 
@@ -75,31 +77,15 @@ class Client:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def broker(tmp_path):
-    m = Mosquitto(tmp_path / "broker").start()
-    yield m
-    m.stop()
-
-
 @pytest.fixture(scope="module")
-def readers(data_dir) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = {}
-    for line in (data_dir / "librispeech" / "manifest.tsv").read_text().splitlines()[1:]:
-        path, speaker = line.split("\t")[:2]
-        out.setdefault(speaker, []).append(data_dir / "librispeech" / path)
-    return out
-
-
-@pytest.fixture(scope="module")
-def audio(readers, tmp_path_factory):
+def audio(libri, tmp_path_factory):
     """A 30 s conversation of two readers, and a clip of the second reader alone (other utterances)."""
     folder = tmp_path_factory.mktemp("audio")
-    a, b = sorted(readers)[3:5]
-    conv = build_conversation({a: readers[a][:5], b: readers[b][:5]},
+    a, b = sorted(libri)[3:5]
+    conv = build_conversation({a: libri[a][:5], b: libri[b][:5]},
                               ConversationSpec(speakers=2, duration=30.0, overlap=0.0, seed=5), name="talk")
     wav, _ = write_conversation(conv, folder)
-    alone = np.concatenate([read_audio(p) for p in readers[b][5:8]])
+    alone = np.concatenate([read_audio(p) for p in libri[b][5:8]])
     sf.write(folder / "alone.wav", alone, 16000, subtype="PCM_16")
     return {"conv": conv, "talk": wav, "alone": folder / "alone.wav", "a": a, "b": b}
 
@@ -117,11 +103,38 @@ def majority(conv, turns, reader: str) -> str:
     return votes.most_common(1)[0][0]
 
 
-def run_daemon(config: Path, tmp_path: Path, speed: float = 8.0) -> str:
-    proc = start_daemon(config, speed=speed)
+def finish(proc) -> str:
+    """The daemon's output once it stopped at the end of its file; fails unless it exited 0."""
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     return out
+
+
+def run_daemon(config: Path, tmp_path: Path, speed: float = 8.0) -> str:
+    return finish(start_daemon(config, speed=speed))
+
+
+@contextmanager
+def daemon(config: Path, client: Client, speed: float):
+    """A running daemon that answers commands; killed if the test fails before it stopped. Closes ``client``."""
+    proc = start_daemon(config, speed=speed)
+    try:
+        client.wait_ready()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.close()
+
+
+def person(components: dict, name: str) -> dict:
+    """The Home Assistant discovery component of ``name``'s "speaking" sensor ({} when absent)."""
+    return next((c for k, c in components.items() if k.endswith(person_key(name))), {})
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_speakers_survive_a_restart(bundle, broker, audio, tmp_path):
@@ -159,13 +172,11 @@ def test_speakers_survive_a_restart(bundle, broker, audio, tmp_path):
     client.close()
 
 
-def test_mqtt_commands_name_forget_reset_and_bad_input(bundle, broker, audio, tmp_path):
+def test_mqtt_commands_name_rename_forget_reset_and_bad_input(bundle, broker, audio, tmp_path):
     client = Client(broker.port, "names2")
     config = write_config(tmp_path, bundle, broker.port, audio["talk"], device="names2", mqtt__commands=True,
                           mqtt__homeassistant=True, speakers__keep_state=False)
-    proc = start_daemon(config, speed=1.5)
-    try:
-        client.wait_ready()
+    with daemon(config, client, speed=1.5) as proc:
         # bad input first: each gets one error result and changes nothing
         client.command(b"{not json")
         bad = wait_for(lambda: [r for r in client.on("command/result") if r.get("id") is None], 60,
@@ -207,30 +218,53 @@ def test_mqtt_commands_name_forget_reset_and_bad_input(bundle, broker, audio, tm
         client.command({"id": "n2", "action": "name", "speaker": "speaker_5", "name": "Alice"})
         assert client.result("n2")["ok"] is False
 
+        # rename: refusals change nothing (a foreign-model profile Bob stands in for a taken name)
+        ProfileStore(profiles).save(Profile("Bob", np.ones(192) / np.sqrt(192), "0" * 64, 5.0, 0.0))
+        before = snapshot(profiles)
+        for request_id, payload, words in [
+                ("m1", {"name": "Nobody", "new_name": "Zed"}, "unknown speaker 'Nobody'; enrolled: Alice"),
+                ("m2", {"name": "Alice", "new_name": "Bob"}, "'Bob' is already enrolled"),
+                ("m3", {"name": "Alice", "new_name": "a/#"}, "new_name: speaker name 'a/#' contains '/'"),
+                ("m4", {"name": "Alice"}, "rename needs a new_name")]:
+            client.command({"id": request_id, "action": "rename", **payload})
+            refused = client.result(request_id)
+            assert refused["ok"] is False and words in refused["error"] and "\n" not in refused["error"], refused
+        assert snapshot(profiles) == before
+        assert not [e for e in client.on("speaker") if e.get("type") == "renamed"]
+
+        client.command({"id": "m5", "action": "rename", "name": "Alice", "new_name": "Alicia"})
+        result = client.result("m5")
+        assert result == {"id": "m5", "action": "rename", "ok": True, "name": "Alice", "new_name": "Alicia"}
+        assert not profile_path(profiles, "Alice").exists()
+        assert ProfileStore(profiles).get("Alicia").vector.tolist() == \
+            Profile.from_dict(json.loads(before[profile_path(profiles, "Alice").name])).vector.tolist()
+        renamed = wait_for(lambda: [e for e in client.on("speaker") if e.get("type") == "renamed"], 30,
+                           what="renamed event")
+        assert renamed[0]["name"] == "Alice" and renamed[0]["new_name"] == "Alicia"
+        assert renamed[0]["device_id"] == "names2"
+        wait_for(lambda: person(people(), "Alice") == {"platform": "binary_sensor"}
+                 and person(people(), "Alicia").get("name") == "Alicia speaking", 30, what="HA sensor renamed")
+        first_alicia = wait_for(lambda: [t for t in client.turns() if t["speaker"] == "Alicia"], 120,
+                                what="a turn named Alicia")[0]
+        assert any(t["speaker"] == "Alice" for t in client.turns())  # turns already published keep the name
+
         client.command({"id": "r1", "action": "reset"})
         assert client.result("r1")["ok"] is True
 
-        client.command({"id": "f1", "action": "forget", "name": "Alice"})
+        client.command({"id": "f1", "action": "forget", "name": "Alicia"})
         assert client.result("f1")["ok"] is True
-        assert not profile_path(profiles, "Alice").exists()
-        wait_for(lambda: any(c == {"platform": "binary_sensor"} for c in people().values()), 30,
-                 what="HA sensor removed")
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        client.close()
+        assert not profile_path(profiles, "Alicia").exists()
+        wait_for(lambda: person(people(), "Alicia") == {"platform": "binary_sensor"}, 30, what="HA sensor removed")
+        finish(proc)
+    # every turn made after the first one named Alicia carries the new name, never the old one
+    assert not [t for t in client.turns() if t["seq"] > first_alicia["seq"] and t["speaker"] == "Alice"]
 
 
 def test_mqtt_enroll_from_the_next_seconds(bundle, broker, audio, tmp_path):
     client = Client(broker.port, "names3")
     config = write_config(tmp_path, bundle, broker.port, audio["alone"], device="names3", mqtt__commands=True,
                           speakers__keep_state=False)
-    proc = start_daemon(config, speed=1.0)
-    try:
-        client.wait_ready()
+    with daemon(config, client, speed=1.0) as proc:
         # the refusals are answered at once; asked while the daemon still has audio to play
         client.command({"id": "e3", "action": "enroll", "name": "Carl", "seconds": 2})
         assert "out of range" in client.result("e3")["error"]
@@ -241,10 +275,4 @@ def test_mqtt_enroll_from_the_next_seconds(bundle, broker, audio, tmp_path):
         client.command({"id": "e2", "action": "enroll", "name": "Bob", "seconds": 7})
         assert "already enrolled" in client.result("e2")["error"]
         wait_for(lambda: any(t["speaker"] == "Bob" for t in client.turns()), 120, what="a turn named Bob")
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        client.close()
+        finish(proc)

@@ -5,11 +5,14 @@ per request on ``<prefix>/command/result`` carrying the request's ``id``.
     {"id": "2", "action": "enroll", "name": "Bob", "seconds": 10}
     {"id": "3", "action": "forget", "name": "Alice"}
     {"id": "4", "action": "reset"}
+    {"id": "5", "action": "rename", "name": "Alice", "new_name": "Alicia"}
 
 A separate paho client (``<client_id>-cmd``, MQTT 3.1.1, QoS 1) receives them on its own
 network thread and queues the raw payloads; the daemon's main thread parses and runs them
 between audio blocks (the pipeline is never touched from another thread). ``<prefix>/speaker``
-carries speaker events (an anonymous label that became a name, names enrolled or forgotten).
+carries speaker events (an anonymous label that became a name, names enrolled, forgotten or
+renamed). A rename changes the profile and the names of the turns published from then on; turns
+already published keep the old name.
 Limit who may publish on ``<prefix>/command`` with a broker ACL (README).
 """
 
@@ -29,13 +32,18 @@ from edged.errors import EdgedError
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("name", "enroll", "forget", "reset")
+# the fields each action takes besides id and action
+FIELDS: dict[str, set[str]] = {"name": {"speaker", "name", "replace"}, "enroll": {"name", "seconds", "replace"},
+                               "forget": {"name"}, "reset": set(), "rename": {"name", "new_name"}}
+ACTIONS = tuple(FIELDS)
 MIN_SECONDS, MAX_SECONDS = 5.0, 120.0
 _EXAMPLE = '{"id": "1", "action": "forget", "name": "Alice"}'
 
 
 class CommandError(EdgedError):
     """A command cannot be run (one-line message, sent back as the result's ``error``)."""
+
+    request_id: str | int | None = None  # the bad command's id, when it could be read
 
 
 def parse_command(raw: bytes | str) -> dict[str, Any]:
@@ -45,7 +53,7 @@ def parse_command(raw: bytes | str) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CommandError(f"command is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+        raise CommandError(f"command is not valid JSON ({exc.msg if isinstance(exc, json.JSONDecodeError) else exc}); "
                            f"send an object like {_EXAMPLE}") from None
     if not isinstance(data, dict):
         raise CommandError(f"command must be a JSON object, got {type(data).__name__}; send e.g. {_EXAMPLE}")
@@ -56,13 +64,12 @@ def parse_command(raw: bytes | str) -> dict[str, Any]:
         action = data.get("action")
         if action not in ACTIONS:
             raise CommandError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
-        allowed = {"id", "action"} | {"name": {"speaker", "name", "replace"}, "enroll": {"name", "seconds", "replace"},
-                                      "forget": {"name"}, "reset": set()}[action]
+        allowed = {"id", "action"} | FIELDS[action]
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise CommandError(f"{action} takes no field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
         out: dict[str, Any] = {"id": request_id, "action": action}
-        if action in ("name", "enroll", "forget"):
+        if "name" in FIELDS[action]:
             if "name" not in data:
                 raise CommandError(f"{action} needs a name, e.g. {{\"action\": \"{action}\", \"name\": \"Alice\"}}")
             out["name"] = check_name(data["name"])
@@ -71,6 +78,8 @@ def parse_command(raw: bytes | str) -> dict[str, Any]:
             if not isinstance(speaker, str) or not speaker:
                 raise CommandError('name needs the anonymous speaker to name, e.g. "speaker": "speaker_3"')
             out["speaker"] = speaker
+        if action == "rename":
+            out["new_name"] = _new_name(data, out["name"])
         if action in ("name", "enroll"):
             replace = data.get("replace", False)
             if not isinstance(replace, bool):
@@ -89,6 +98,20 @@ def parse_command(raw: bytes | str) -> dict[str, Any]:
         error.request_id = request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) \
             else None
         raise error from None
+
+
+def _new_name(data: dict[str, Any], name: str) -> str:
+    """The checked ``new_name`` of a rename: a valid name other than ``name``."""
+    if "new_name" not in data:
+        raise CommandError(f'rename needs a new_name, e.g. {{"action": "rename", "name": {json.dumps(name)}, '
+                           '"new_name": "Alicia"}')
+    try:
+        new_name = check_name(data["new_name"])
+    except EdgedError as exc:
+        raise CommandError(f"new_name: {exc}") from None
+    if new_name == name:
+        raise CommandError(f"new_name is {name!r} already; give a different new_name")
+    return new_name
 
 
 class CommandClient:

@@ -131,6 +131,17 @@ class Identifier:
         self.names.append(name)
         return len(self.names) - 1
 
+    def rename(self, old: str, new: str) -> bool:
+        """Give ``old``'s profile the name ``new`` (same vector); False when ``old`` is unknown.
+        NameError_ when ``new`` is not a valid name or is enrolled already."""
+        check_name(new)
+        if old not in self.names:
+            return False
+        if new in self.names:
+            raise NameError_(f"{new!r} is already enrolled; forget it first or choose another name")
+        self.names[self.names.index(old)] = new
+        return True
+
 
 class IdentifyingBackend:
     """A ``ClusteringBackend`` with enrolled speakers in front (see the module docstring).
@@ -217,9 +228,10 @@ class IdentifyingBackend:
         return known
 
     def rename(self, old: str, new: str) -> bool:
-        if old not in self.identifier.names:
+        """Give ``old``'s slot the name ``new``: its chunks (and its aliases) carry ``new`` from
+        now on. False when ``old`` is unknown; NameError_ when ``new`` is invalid or taken."""
+        if not self.identifier.rename(old, new):
             return False
-        self.identifier.names[self.identifier.names.index(old)] = new
         self.slot_names[self.slot_names.index(old)] = new
         return True
 

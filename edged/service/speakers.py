@@ -247,6 +247,34 @@ class SpeakerService:
                                  "time": time.time()})
         return {"name": name}
 
+    def _do_rename(self, command: dict, stream: Stream, emit: Callable) -> dict:
+        """Rename an enrolled speaker: its profile file, the live names, Home Assistant, an event."""
+        store = self._require_store()
+        old, new = command["name"], command["new_name"]
+        wrapper = stream.diarizer.identifying
+        stored = store.get(old) is not None
+        if not stored and old not in wrapper.identifier.names:
+            known = wrapper.identifier.names
+            raise ProfileError(f"unknown speaker {old!r}; enrolled: {', '.join(known) if known else 'none'}")
+        if new in wrapper.identifier.names or store.get(new) is not None:
+            raise ProfileError(f"{new!r} is already enrolled; forget it first or choose another new_name")
+        if stored:
+            try:
+                store.rename(old, new)
+            except OSError as exc:
+                raise ProfileError(f"cannot rename the profile of {old!r} in {store.folder} ({exc.strerror}); "
+                                   "fix the folder's permissions or free space") from None
+        wrapper.rename(old, new)
+        if self.identifier is not wrapper.identifier:
+            self.identifier.rename(old, new)
+        self.save(stream.diarizer)  # recognised speakers keep the new name across a restart
+        self._names_changed()
+        if self.commands is not None:
+            self.commands.event({"type": "renamed", "name": old, "new_name": new, "device_id": self.config.device,
+                                 "time": time.time()})
+        log.info("%s is now %s", old, new)
+        return {"name": old, "new_name": new}
+
     def _do_reset(self, command: dict, stream: Stream, emit: Callable) -> dict:
         """Forget the anonymous speakers: end the stream (its open turns are published), start afresh."""
         emit(stream.flush())
