@@ -42,7 +42,6 @@ sys.path.insert(0, str(REPO))
 
 from edged.diarize.events import TurnEvent  # noqa: E402
 from edged.diarize.identify import Identifier  # noqa: E402
-from edged.diarize.params import PipelineParams  # noqa: E402
 from edged.diarize.pipeline import StreamingDiarizer  # noqa: E402
 from edged.errors import EdgedError  # noqa: E402
 from edged.models.blocks import load_models  # noqa: E402

@@ -29,7 +29,7 @@ from . import embedding as emb
 from . import parity, quantize, segmentation as seg, timing
 from .errors import ExportError
 from .presets import shipped_presets
-from .sources import Source, default_cache_dir, resolve_source
+from .sources import default_cache_dir, resolve_source
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edged.diarize.binarize import Activity, Binarizer, Turn
+from edged.diarize.binarize import Activity, Binarizer
 from edged.dsp.frames import FrameGrid
 
 GRID = FrameGrid(start=0.0, step=0.1, duration=0.1)  # frame i owns [0.1 i, 0.1 i + 0.1)

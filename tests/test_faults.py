@@ -89,13 +89,6 @@ def long_wav(data_dir, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
 def write_config(folder: Path, bundle: Path, port: int, audio: Path, spool: Path | None = None,
                  **sections: dict) -> Path:
     data = {

@@ -583,7 +583,7 @@ def test_turn_refused_by_the_broker_stays_spooled_and_is_delivered_once_allowed(
             health = wait_for(lambda: [h for h in sub.turns("edged/dev/health") if not h["ok"]], TIMEOUT,
                               what="health with the problem")[-1]
             assert health["problems"] == [pub.rejection]
-            assert (f"refused turn seq 1 on edged/dev/turn (Not authorized); it stays in the spool and is sent "
+            assert ("refused turn seq 1 on edged/dev/turn (Not authorized); it stays in the spool and is sent "
                     "again: allow this client to publish on edged/dev/turn in the broker's ACL") in caplog.text
             assert caplog.text.count("refused turn seq") == 1  # once per episode, not per retry
             assert sub.turns("edged/dev/turn") == []

@@ -17,11 +17,6 @@ from edged.models.blocks import load_models
 from edged.diarize.pipeline import StreamingDiarizer
 
 
-@pytest.fixture(scope="module")
-def models(bundle):
-    return load_models(bundle, "int8")
-
-
 def run(models, wav, params=None, block=1600):
     diarizer = StreamingDiarizer(models, params)
     events = list(diarizer.run(wav[start : start + block] for start in range(0, len(wav), block)))

@@ -4,7 +4,6 @@ every bad input gives one line of error and changes nothing."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from edged.diarize.enrollment import SECOND_VOICE_S, voice_sample
 from edged.diarize.identify import Identifier, NameError_, check_name
-from edged.profiles.store import Profile, ProfileError, ProfileStore, profile_path
+from edged.profiles.store import Profile, ProfileStore, profile_path
 from edged.service.enroll import embedding_sha256, enroll_files, load_identifier
 from edged.sources.file import read_audio
 

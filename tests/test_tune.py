@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edged.diarize.params import PipelineParams
 from edged_host.cli_tune import main as tune_main
 from edged_host.conversations import ConversationSpec, build_set
 

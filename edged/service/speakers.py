@@ -141,7 +141,7 @@ class SpeakerService:
             self._finish_enroll(stream)
         if self.commands is None:
             return
-        from edged.delivery.commands import CommandError, parse_command
+        from edged.delivery.commands import parse_command
 
         for raw in self.commands.poll():
             request_id, action = None, None
