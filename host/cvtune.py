@@ -130,8 +130,9 @@ class Evaluator:
     def uris(self, folds: Sequence[int]) -> list[str]:
         return [u for u, f in self.files.items() if f["fold"] in folds]
 
-    def hypotheses(self, params: PipelineParams, uris: Sequence[str]) -> dict[str, list]:
-        return {u: replay(self.features[u], params) for u in uris}
+    def hypotheses(self, params: PipelineParams, uris: Sequence[str], uisrnn: Any = None) -> dict[str, list]:
+        """uri -> replayed turns; ``uisrnn``: the bundle's network for ``clustering: uisrnn``."""
+        return {u: replay(self.features[u], params, uisrnn) for u in uris}
 
     def components(self, params: PipelineParams, uris: Sequence[str]) -> dict[str, tuple]:
         """uri -> (speech, missed, false alarm, confusion) seconds, fast DER."""

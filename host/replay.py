@@ -6,8 +6,9 @@ file is cut into the pipeline's windows once (``RollingBuffer``, end-of-stream z
 longest latency asked; shorter latencies use a prefix of those windows), the segmentation
 probabilities and the embeddings of every window are stored, and a trial replays only clustering
 -> aggregation -> binarization with the same classes and in the same order as
-``StreamingDiarizer``. ``tests/test_replay_cache.py`` checks that the replayed turns are exactly the
-real pipeline's.
+``StreamingDiarizer``, with either clustering back-end (incremental, or UIS-RNN given the bundle's
+network: its assignments come ``uisrnn_lag`` windows late). ``tests/test_replay_cache.py`` and
+``tests/test_uisrnn.py`` check that the replayed turns are exactly the real pipeline's.
 
 What the cache fixes: the bundle and variant, ``duration``/``step``, ``gamma``/``beta`` (embedding
 weights), and the local 0.5 threshold of the segmentation. The pipeline skips the embedding model
@@ -110,38 +111,56 @@ def extract(models, samples: np.ndarray, uri: str, latencies: Sequence[float], d
                     np.stack(probs).astype(np.float32, copy=False), np.stack(embs).astype(np.float32, copy=False), counts)
 
 
-def replay(feat: Features, params: PipelineParams) -> list[tuple[str, float, float]]:
-    """The turns ``StreamingDiarizer`` would emit with ``params`` (speaker label, start, end; ms)."""
+def backend(params: PipelineParams, uisrnn: Any = None) -> Any:
+    """The pipeline's clustering back-end for ``params``; ``uisrnn`` is the bundle's
+    ``UISRNNNetwork``, needed for ``clustering: uisrnn`` only."""
+    p = params
+    if p.clustering == "incremental":
+        return IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
+    if uisrnn is None:
+        raise ValueError("clustering uisrnn needs the bundle's UIS-RNN network (replay(..., uisrnn=...))")
+    from edged.diarize.uisrnn import UISRNNClustering
+
+    return UISRNNClustering(uisrnn, p.tau_active, p.max_speakers, p.uisrnn_lag, p.uisrnn_beam)
+
+
+def replay(feat: Features, params: PipelineParams, uisrnn: Any = None) -> list[tuple[str, float, float]]:
+    """The turns ``StreamingDiarizer`` would emit with ``params`` (speaker label, start, end; ms).
+
+    ``uisrnn``: the bundle's ``UISRNNNetwork`` when ``params.clustering`` is ``uisrnn`` (its
+    assignments come ``uisrnn_lag`` windows late and are aggregated then, as in the pipeline)."""
     p = params
     if p.duration != feat.duration or p.step != feat.step or p.gamma != feat.gamma or p.beta != feat.beta:
         raise ValueError("params differ from the cache in duration/step/gamma/beta; extract again")
     if not 0.0 < p.tau_active <= 1.0:
         raise ValueError("tau_active must be in (0, 1] for the cache (the embedding skip depends on it otherwise)")
-    if p.clustering != "incremental":
-        raise ValueError("the cache replays the incremental clustering only")
     n = feat.counts.get(_key(p.latency))
     if n is None:
         raise ValueError(f"latency {p.latency:g} not in the cache ({', '.join(feat.counts)}); extract again")
     sr = feat.sample_rate
     window = int(round(feat.duration * sr))
-    clustering = IncrementalClustering(p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
+    clustering = backend(p, uisrnn)
     aggregator = DelayedAggregator(p.step, p.latency, p.duration, p.aggregation, start=0.0)
     binarizer = Binarizer(p.onset, p.offset, p.min_duration_on, p.min_duration_off)
-    turns = []
-    stream_end = 0.0
+    turns: list = []
+
+    def aggregate(ready) -> None:
+        for assignment, (scores, i) in ready:
+            start = int(feat.starts[i])
+            padded = feat.num_real[i] < window
+            region, grid = aggregator.push(assignment.apply(scores), feat.grid.at(start / sr),
+                                           end=(start + int(feat.num_real[i])) / sr if padded else None)
+            if len(region):
+                turns.extend(binarizer.push(region, grid).turns)
+
     for i in range(n):
         probs = feat.probs[i]
         local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
         scores = blend_decisions(probs, decisions_at(probs, local, p.decision_threshold, LOCAL_THRESHOLD),
                                  p.decision_weight)
-        padded = feat.num_real[i] < window
-        glob = clustering.identify(local, feat.emb[i], update=not padded).apply(scores)
-        start = int(feat.starts[i])
-        real_end = (start + int(feat.num_real[i])) / sr
-        stream_end = real_end
-        region, grid = aggregator.push(glob, feat.grid.at(start / sr), end=real_end if padded else None)
-        if len(region):
-            turns += binarizer.push(region, grid).turns
+        aggregate(clustering.push(local, feat.emb[i], (scores, i), update=not feat.num_real[i] < window))
+    aggregate(clustering.drain())
+    stream_end = (int(feat.starts[n - 1]) + int(feat.num_real[n - 1])) / sr if n else 0.0
     tail = aggregator.flush(end=stream_end)
     if tail is not None and len(tail[0]):
         turns += binarizer.push(*tail).turns
@@ -438,6 +457,8 @@ def fast_replay(prep: _Prepared, params: PipelineParams) -> list[tuple[str, floa
     p = params
     if p.offset > p.onset:
         raise ValueError("fast_replay needs offset <= onset")
+    if p.clustering != "incremental":
+        raise ValueError("fast_replay replays the incremental clustering only; use replay")
     pl = prep.plan(p.latency)
     maps = _mappings(prep, pl, p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
     probs = prep.feat.probs[: pl.n]

@@ -75,30 +75,67 @@ def label_observation(active: np.ndarray, centres: np.ndarray, segments: Segment
     return (best, share) if share > 0 else ("", 0.0)
 
 
-def extract(models: Models, audio: np.ndarray, segments: Segments, params: PipelineParams, name: str,
-            source: str = "rttm") -> LabelledSequence:
-    """Run the edge's segmentation and embeddings over ``audio``; label each observation."""
-    buffer = RollingBuffer(models.sample_rate, params.duration, params.step)
-    grid = models.segmentation.grid
-    dim = models.bundle.embedding.dim
+def step_labels(local: np.ndarray, embeddings: np.ndarray, centres: np.ndarray, real_end: float,
+                segments: Segments, tau_active: float) -> list[tuple[int, str, float]]:
+    """One window's observations in decoding order: (local speaker, reference speaker, purity).
+
+    ``local``: the window's 0/1 activations ``(frames, local)``; ``centres``: its frame centres
+    (stream seconds); frames from ``real_end`` on are end-of-stream padding and never vote."""
+    real = centres < real_end
+    return [(int(k), *label_observation(local[:, k] * real > 0, centres, segments))
+            for k in step_observations(local, embeddings, tau_active)]
+
+
+def _sequence(name: str, windows, segments: Segments, tau_active: float, dim: int, source: str) -> LabelledSequence:
+    """``windows``: (step, local, embeddings, frame centres, real end) of every window, in order."""
     embs, labels, purity, steps = [], [], [], []
-    chunks = buffer.push(np.asarray(audio, np.float32)) + buffer.flush(tail=end_padding(params))
-    for step, chunk in enumerate(chunks):
-        probs = models.segmentation(chunk.samples)
-        local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
-        if not (local.max(axis=0) >= params.tau_active).any():
+    for step, local, emb, centres, real_end in windows:
+        if not (local.max(axis=0) >= tau_active).any():
             continue
-        emb = models.embedding(chunk.samples, local, params.gamma, params.beta)
-        centres = grid.at(chunk.start).centers(local.shape[0])
-        real = centres < chunk.real_end
-        for k in step_observations(local, emb, params.tau_active):
-            label, share = label_observation(local[:, k] * real > 0, centres, segments)
+        for k, label, share in step_labels(local, emb, centres, real_end, segments, tau_active):
             embs.append(emb[k])
             labels.append(label)
             purity.append(share)
             steps.append(step)
     return LabelledSequence(name, np.asarray(embs, np.float32).reshape(-1, dim), labels,
                             np.asarray(purity, np.float64), np.asarray(steps, np.int64), source)
+
+
+def extract(models: Models, audio: np.ndarray, segments: Segments, params: PipelineParams, name: str,
+            source: str = "rttm") -> LabelledSequence:
+    """Run the edge's segmentation and embeddings over ``audio``; label each observation."""
+    buffer = RollingBuffer(models.sample_rate, params.duration, params.step)
+    grid = models.segmentation.grid
+    chunks = buffer.push(np.asarray(audio, np.float32)) + buffer.flush(tail=end_padding(params))
+
+    def windows():
+        for step, chunk in enumerate(chunks):
+            probs = models.segmentation(chunk.samples)
+            local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
+            if not (local.max(axis=0) >= params.tau_active).any():
+                continue
+            emb = models.embedding(chunk.samples, local, params.gamma, params.beta)
+            yield step, local, emb, grid.at(chunk.start).centers(local.shape[0]), chunk.real_end
+
+    return _sequence(name, windows(), segments, params.tau_active, models.bundle.embedding.dim, source)
+
+
+def from_features(feat, segments: Segments, latency: float, tau_active: float, source: str = "devset") -> LabelledSequence:
+    """``extract`` from cached window outputs (``edged_host.replay.Features``), no model run: the
+    windows the pipeline processes at ``latency``, labelled alike."""
+    n = feat.counts.get(f"{latency:g}")
+    if n is None:
+        raise ExportError(f"{feat.uri}: latency {latency:g} not in the cache ({', '.join(feat.counts)}); extract again")
+    sr = feat.sample_rate
+    frames = feat.probs.shape[1]
+
+    def windows():
+        for i in range(n):
+            start = int(feat.starts[i])
+            yield (i, (feat.probs[i] >= LOCAL_THRESHOLD).astype(np.float32), feat.emb[i],
+                   feat.grid.at(start / sr).centers(frames), (start + int(feat.num_real[i])) / sr)
+
+    return _sequence(feat.uri, windows(), segments, tau_active, feat.emb.shape[2], source)
 
 
 def _key(models: Models, params: PipelineParams, what: dict) -> str:

@@ -313,3 +313,82 @@ def test_check_names_a_missing_uisrnn_model(bundle):
     config = load_config(None, [f"models.path={bundle}", "pipeline.clustering=uisrnn"])
     with pytest.raises(ConfigError, match=r"has no UIS-RNN model; add one with edged-export uisrnn --out"):
         check_models(config)
+
+
+# --- the cached-features path (edged-cvtune uisrnn) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def dev00(bundle, data_dir):
+    """20 s of AMI dev00 with 6 s of silence before it (windows without embeddings), its cached
+    window outputs at latencies 1 and 5 s, and its reference turns."""
+    from edged.models.blocks import load_models
+    from edged.sources.file import read_audio
+    from edged_host.replay import extract
+    from edged_host.uisrnn_data import read_rttm
+
+    audio = np.concatenate([np.zeros(6 * 16000, np.float32),
+                            read_audio(data_dir / "ami-debug" / "dev00.wav")[: 20 * 16000]])
+    segments = [(s, a + 6.0, b + 6.0) for s, a, b in read_rttm([data_dir / "ami-debug" / "reference.rttm"])["dev00"]
+                if a < 20.0]
+    models = load_models(bundle, "int8", threads=1)
+    return audio, extract(models, audio, "dev00", (1.0, 5.0)), segments, models
+
+
+def test_training_sequences_from_the_cache_equal_the_models_path(dev00):
+    """``from_features`` (no model run) labels the same observations as ``extract`` over the audio."""
+    from edged_host.uisrnn_data import extract, from_features
+
+    audio, feat, segments, models = dev00
+    params = PipelineParams()
+    want = extract(models, audio, segments, params, "dev00")
+    got = from_features(feat, segments, params.latency, params.tau_active)
+    assert len(want.labels) > 40 and len(set(want.labels)) >= 2
+    assert got.labels == want.labels and np.array_equal(got.steps, want.steps)
+    assert np.array_equal(got.purity, want.purity) and np.array_equal(got.embeddings, want.embeddings)
+    assert len(from_features(feat, segments, 1.0, params.tau_active).labels) < len(got.labels)  # less end padding
+
+
+def test_replay_runs_uisrnn_like_the_pipeline(dev00, uisrnn_bundle):
+    """The cached replay with ``clustering: uisrnn`` emits exactly the turns of StreamingDiarizer,
+    at lag 0 and with the assignments held 2 steps."""
+    from edged.diarize.pipeline import StreamingDiarizer
+    from edged.diarize.uisrnn import UISRNNNetwork
+    from edged.messages import TurnEvent
+    from edged.models.blocks import load_models
+    from edged_host.replay import replay
+
+    audio, feat, _, _ = dev00
+    models = load_models(uisrnn_bundle, "int8", threads=1)  # the same segmentation and embedding models
+    network = UISRNNNetwork(models.bundle.uisrnn)
+    speakers = set()
+    for latency, lag in ((1.0, 0), (1.0, 2), (5.0, 0)):
+        params = PipelineParams(latency=latency, clustering="uisrnn", uisrnn_lag=lag, onset=0.6, offset=0.4,
+                                min_duration_off=0.2)
+        diarizer = StreamingDiarizer(models, params)
+        real = [(e.speaker, e.start, e.end) for e in diarizer.run(audio[i:i + 1600] for i in range(0, len(audio), 1600))
+                if isinstance(e, TurnEvent)]
+        assert real and replay(feat, params, network) == real, (latency, lag)
+        speakers |= {s for s, _, _ in real}
+    assert len(speakers) >= 2
+    with pytest.raises(ValueError, match=r"clustering uisrnn needs the bundle's UIS-RNN network"):
+        replay(feat, PipelineParams(clustering="uisrnn"))
+
+
+def test_cv_inputs_are_refused_in_one_line(bundle, tmp_path):
+    from edged_host.cvtune import CVError
+    from edged_host.cvuisrnn import check_cache, fold_params
+
+    cache = tmp_path / "cache"
+    (cache / "int8").mkdir(parents=True)
+    with pytest.raises(CVError, match=r"bundle\.json: missing; run edged-cvtune extract for int8 first"):
+        check_cache(cache, "int8", bundle)
+    (cache / "int8" / "bundle.json").write_text(json.dumps({"sha256": {"segmentation": "0" * 64, "embedding": "1"}}))
+    with pytest.raises(CVError, match=r"made with another segmentation model than .* extract again") as err:
+        check_cache(cache, "int8", bundle)
+    assert "\n" not in str(err.value)
+    cv = {"latencies": {"0.5": {"folds": [{"fold": 0, "params": PipelineParams(latency=0.5).to_dict()}]}}}
+    assert fold_params(cv, 0.5, 0).latency == 0.5
+    with pytest.raises(CVError, match=r"cv\.json: no latency 5 \(has 0\.5\); let the tune run finish"):
+        fold_params(cv, 5.0, 0, "cv.json")
+    with pytest.raises(CVError, match=r"latency 0\.5 has no fold 3"):
+        fold_params(cv, 0.5, 3)
