@@ -194,7 +194,7 @@ class SpeakersConfig:
     # folder of voice profiles written by `edged enroll` (null: speakers/ in the state directory, the spool's parent)
     profiles: Path | None = None
     # cosine similarity a voice needs to take an enrolled name (higher: fewer false names, more misses)
-    threshold: float = field(default=0.55, metadata={"range": (0.0, 1.0)})
+    threshold: float = field(default=0.65, metadata={"range": (0.0, 1.0)})
     # keep the anonymous speakers across restarts (speaker_3 stays speaker_3)
     keep_state: bool = True
     # file holding the speakers between restarts (null: speakers.state.npz in the state directory)

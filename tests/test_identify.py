@@ -99,7 +99,7 @@ def test_diarize_with_profiles_writes_names_in_rttm_and_events(bundle, scene, tm
     turns = [(f[7], float(f[3]), float(f[3]) + float(f[4])) for f in rttm]
     conv = scene["conv"]
     for reader, name in scene["names"].items():
-        # at the default threshold (0.55) part of Alice goes to Bob near turn changes: see README figures
+        # at the default threshold (0.65) part of Alice goes to Bob near turn changes: see README figures
         assert coverage(conv, turns, reader, name) >= 0.5, (name, coverage(conv, turns, reader, name))
     labels = {t[0] for t in turns}
     anonymous = labels - {"Alice", "Bob"}

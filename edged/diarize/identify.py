@@ -38,7 +38,7 @@ MAX_NAME = 64
 _ANONYMOUS = re.compile(r"speaker_\d+", re.IGNORECASE)
 # cosine similarity a local speaker needs to take an enrolled name; calibrated by
 # benchmarks/identification.py --calibrate (see README, "Who is speaking, by name")
-DEFAULT_THRESHOLD = 0.55
+DEFAULT_THRESHOLD = 0.65
 # chunks an anonymous speaker needs before its accumulated voice is compared with the profiles
 MIN_CHUNKS = 3
 
