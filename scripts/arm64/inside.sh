@@ -62,6 +62,9 @@ sed 's/^/   /' "$WORK/check.txt"
 # emulated inference is the slow part of this script.
 step "edged run (as user edged, the unit's command line) on $DAEMON_FILE, replay speed $SPEED, broker 127.0.0.1:$PORT, in the background"
 rm -f /var/lib/edged/arm64-events.jsonl
+# a cached root keeps the last run's speakers (they survive restarts); the x86-64 reference
+# starts with none, so the daemon must too
+rm -f /var/lib/edged/speakers.state.npz
 as_edged "$EDGED" run --config /etc/edged/config.yaml "${SETS[@]}" --replay-speed "$SPEED" >"$WORK/daemon.log" 2>&1 &
 DAEMON=$!
 trap 'kill "$DAEMON" 2>/dev/null || true' EXIT
