@@ -31,15 +31,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edged.diarize.aggregation import DelayedAggregator, blend_decisions, decisions_at
+from edged.diarize.aggregation import DelayedAggregator
 from edged.diarize.binarize import Binarizer
 from edged.diarize.clustering import IncrementalClustering
 from edged.diarize.params import PipelineParams
+from edged.diarize.pipeline import LOCAL_THRESHOLD, chunk_scores
 from edged.dsp.buffer import RollingBuffer
 from edged.dsp.frames import FrameGrid
 from edged.messages import speaker_label
 
-LOCAL_THRESHOLD = 0.5  # as edged.diarize.pipeline.LOCAL_THRESHOLD
 CACHE_VERSION = 1
 
 
@@ -156,8 +156,7 @@ def replay(feat: Features, params: PipelineParams, uisrnn: Any = None) -> list[t
     for i in range(n):
         probs = feat.probs[i]
         local = (probs >= LOCAL_THRESHOLD).astype(np.float32)
-        scores = blend_decisions(probs, decisions_at(probs, local, p.decision_threshold, LOCAL_THRESHOLD),
-                                 p.decision_weight)
+        scores = chunk_scores(probs, local, p)
         aggregate(clustering.push(local, feat.emb[i], (scores, i), update=not feat.num_real[i] < window))
     aggregate(clustering.drain())
     stream_end = (int(feat.starts[n - 1]) + int(feat.num_real[n - 1])) / sr if n else 0.0
@@ -462,8 +461,7 @@ def fast_replay(prep: _Prepared, params: PipelineParams) -> list[tuple[str, floa
     pl = prep.plan(p.latency)
     maps = _mappings(prep, pl, p.tau_active, p.rho_update, p.delta_new, p.max_speakers)
     probs = prep.feat.probs[: pl.n]
-    scores = blend_decisions(probs, decisions_at(probs, prep.local[: pl.n], p.decision_threshold, LOCAL_THRESHOLD),
-                             p.decision_weight)
+    scores = chunk_scores(probs, prep.local[: pl.n], p)
     total = len(pl.den)
     S = p.max_speakers
     # every (output frame, window, window frame) contribution, window-major: bincount then adds

@@ -49,6 +49,14 @@ def end_padding(params: PipelineParams) -> float:
     return params.latency - params.step
 
 
+def chunk_scores(probs: np.ndarray, local: np.ndarray, params: PipelineParams) -> np.ndarray:
+    """What a chunk adds to the aggregation: its probabilities blended with its 0/1 decisions
+    (``decision_weight``, decisions at ``decision_threshold``); ``local`` are the decisions at
+    ``LOCAL_THRESHOLD`` the clustering saw."""
+    decisions = decisions_at(probs, local, params.decision_threshold, LOCAL_THRESHOLD)
+    return blend_decisions(probs, decisions, params.decision_weight)
+
+
 STEPS = ("segmentation", "embedding", "clustering", "aggregation")
 
 
@@ -190,9 +198,7 @@ class StreamingDiarizer:
         else:  # nobody speaks: clustering would ignore every embedding, so skip the model
             emb = np.full((local.shape[1], self.models.bundle.embedding.dim), np.nan, np.float32)
         t2 = time.perf_counter()
-        p = self.params
-        scores = blend_decisions(probs, decisions_at(probs, local, p.decision_threshold, LOCAL_THRESHOLD),
-                                 p.decision_weight)
+        scores = chunk_scores(probs, local, self.params)
         # windows reaching past the end of the stream are mostly padding: they are labelled
         # but do not move the centroids
         padded = chunk.num_real < self.window_samples
