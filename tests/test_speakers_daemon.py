@@ -1,6 +1,6 @@
 """The real daemon with named speakers: speakers survive a restart, corrupt state is one warning,
-MQTT commands (name, enroll, rename, forget, reset, bad input) against a real mosquitto, and the Home
-Assistant "<name> speaking" sensors."""
+MQTT commands (name, enroll, rename, forget, reset, bad input) against a real mosquitto, the Home
+Assistant "<name> speaking" sensors, and the README's command ACL."""
 
 from __future__ import annotations
 
@@ -17,27 +17,33 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mosquitto import wait_for  # noqa: E402
-from test_daemon import start_daemon, write_config  # noqa: E402
+from mosquitto import Mosquitto, wait_for  # noqa: E402
+from test_daemon import REPO, start_daemon, write_config  # noqa: E402
 
 from edged.delivery.people import person_key  # noqa: E402
+from edged.models.bundle import load_bundle  # noqa: E402
 from edged.profiles.store import Profile, ProfileStore, profile_path  # noqa: E402
 from edged.sources.file import read_audio  # noqa: E402
 from host.conversations import ConversationSpec, build_conversation, write_conversation  # noqa: E402
 
 
 class Client:
-    """Subscribes to everything under edged/<device>/ and homeassistant/; publishes commands."""
+    """Subscribes to everything under edged/<device>/ and homeassistant/ (logged in as ``login``, user and
+    password, when given); publishes commands."""
 
-    def __init__(self, port: int, device: str):
+    def __init__(self, port: int, device: str, login: tuple[str, str] | None = None):
         self.prefix = f"edged/{device}"
         self.messages: list[tuple[str, str, bool]] = []
+        self.acks: dict[int, paho.ReasonCode] = {}  # message id -> the broker's PUBACK reason
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        if login:
+            self.client.username_pw_set(*login)
         self.client.on_connect = lambda c, *_: c.subscribe([(f"{self.prefix}/#", 1), ("homeassistant/#", 1)])
         self.client.on_subscribe = lambda *_: self.ready.set()
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
         assert self.ready.wait(30)
@@ -47,6 +53,10 @@ class Client:
             self.messages.append((msg.topic[len(self.prefix) + 1:] if msg.topic.startswith(self.prefix) else msg.topic,
                                   msg.payload.decode(), bool(msg.retain)))
 
+    def _on_publish(self, client, userdata, mid, reason, properties):
+        with self.lock:
+            self.acks[mid] = reason
+
     def on(self, topic: str) -> list:
         with self.lock:
             return [json.loads(p) if p.startswith(("{", "[")) else p for t, p, _ in self.messages if t == topic]
@@ -54,9 +64,10 @@ class Client:
     def turns(self) -> list[dict]:
         return self.on("turn")
 
-    def command(self, payload) -> None:
+    def command(self, payload) -> int:
+        """Publishes ``payload`` (QoS 1); its message id, the key of its PUBACK in ``acks``."""
         data = payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
-        self.client.publish(f"{self.prefix}/command", data, qos=1)
+        return self.client.publish(f"{self.prefix}/command", data, qos=1).mid
 
     def result(self, request_id, timeout: float = 120):
         return wait_for(lambda: next((r for r in self.on("command/result") if r.get("id") == request_id), None),
@@ -135,6 +146,17 @@ def person(components: dict, name: str) -> dict:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+ACL_USERS = {"edged-kitchen": "device-pw", "admin": "admin-pw", "homeassistant": "ha-pw"}
+
+
+def readme_acl() -> str:
+    """The mosquitto acl_file of the README's "Limit who may command" (device ``kitchen``)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    acl = text.split("Limit who may command with a mosquitto ACL", 1)[1].split("```\n", 2)[1]
+    assert "user edged-kitchen\n" in acl and "user admin\n" in acl, acl
+    return acl
 
 
 def test_speakers_survive_a_restart(bundle, broker, audio, tmp_path):
@@ -276,3 +298,63 @@ def test_mqtt_enroll_from_the_next_seconds(bundle, broker, audio, tmp_path):
         assert "already enrolled" in client.result("e2")["error"]
         wait_for(lambda: any(t["speaker"] == "Bob" for t in client.turns()), 120, what="a turn named Bob")
         finish(proc)
+
+
+@pytest.fixture
+def readme_broker(tmp_path):
+    """A real mosquitto behind the README's ACL, with users edged-kitchen, admin and homeassistant."""
+    m = Mosquitto(tmp_path / "broker", users=ACL_USERS, acl=readme_acl()).start()
+    yield m
+    m.stop()
+
+
+def test_readme_acl_lets_only_admin_command_and_everyone_read(bundle, readme_broker, audio, tmp_path):
+    """The README's ACL as written (no anonymous logins): a forget from Home Assistant's user is
+    refused by the broker and never reaches the daemon; the same from admin runs and is answered;
+    Home Assistant's user reads turns, results and the discovery."""
+    secret = tmp_path / "mqtt.password"
+    secret.write_text(ACL_USERS["edged-kitchen"] + "\n")
+    secret.chmod(0o600)
+    profiles = tmp_path / "speakers"
+    sha = load_bundle(bundle, ("int8",)).model("embedding", "int8").sha256
+    ProfileStore(profiles).save(Profile("Alice", np.ones(192) / np.sqrt(192), sha, 5.0, 0.0))
+    alice = profile_path(profiles, "Alice")
+    config = write_config(tmp_path, bundle, readme_broker.port, audio["talk"], device="kitchen",
+                          mqtt__commands=True, mqtt__homeassistant=True, mqtt__username="edged-kitchen",
+                          mqtt__password_file=str(secret), speakers__keep_state=False)
+    ha = Client(readme_broker.port, "kitchen", ("homeassistant", ACL_USERS["homeassistant"]))
+
+    def components():
+        configs = ha.on("homeassistant/device/edged_kitchen/config")
+        return configs[-1]["components"] if configs else {}
+    try:
+        admin = Client(readme_broker.port, "kitchen", ("admin", ACL_USERS["admin"]))
+        with daemon(config, admin, speed=2.0) as proc:
+            mid = ha.command({"id": "h1", "action": "forget", "name": "Alice"})
+            wait_for(lambda: mid in ha.acks, 30, what="the broker's PUBACK of h1")
+            # published after the broker handled h1: the daemon would have answered h1 first
+            admin.command({"id": "a0", "action": "forget", "name": "Nobody"})
+            assert admin.result("a0")["ok"] is False
+            assert not [r for r in admin.on("command/result") if r.get("id") == "h1"]
+            assert alice.exists() and not admin.on("speaker")
+            assert str(ha.acks[mid]) == "Not authorized"  # MQTT 5 tells the read-only user
+            wait_for(lambda: person(components(), "Alice").get("name") == "Alice speaking", 30,
+                     what="Alice's sensor, read by HA")
+
+            admin.command({"id": "a1", "action": "forget", "name": "Alice"})
+            assert admin.result("a1") == {"id": "a1", "action": "forget", "ok": True, "name": "Alice"}
+            assert not alice.exists()
+
+            # Home Assistant's user reads the result, the event and the discovery that follows
+            wait_for(lambda: [r for r in ha.on("command/result") if r.get("id") == "a1"], 30, what="a1 read by HA")
+            assert [e["name"] for e in ha.on("speaker") if e["type"] == "forgotten"] == ["Alice"]
+            wait_for(lambda: person(components(), "Alice") == {"platform": "binary_sensor"}, 30,
+                     what="Alice's sensor removed, read by HA")
+            finish(proc)
+        logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+        turns = [e for e in logged if e["type"] == "turn"]
+        assert turns
+        wait_for(lambda: ha.turns() == turns, 30, what="every turn, read by Home Assistant's user")
+        assert not [r for r in ha.on("command/result") if r.get("id") == "h1"]
+    finally:
+        ha.close()
