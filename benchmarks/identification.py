@@ -6,8 +6,9 @@ recordings and heard in conversations made of the *others*; the single-utterance
 speakers/ are never enrolled (impostors). Two disjoint halves, by voice:
 
 - calibration: 5 LibriSpeech readers enrolled + half of the impostors. ``--calibrate`` sweeps
-  the acceptance threshold here and picks, among the thresholds whose false accept stays within
-  60% of ``--fa-target`` (a margin for unseen voices), the one naming the most speech;
+  the two acceptance thresholds here (one chunk: ``--sweep``; an anonymous speaker's accumulated
+  voice: ``--voice-sweep``) and picks, among the pairs whose false accept stays within 60% of
+  ``--fa-target`` (a margin for unseen voices), the one naming the most speech;
 - evaluation: the other 5 readers, the ARCTIC and two-utterance voices enrolled + the other half
   of the impostors. The figures reported come from this half only.
 
@@ -22,8 +23,8 @@ The pipeline runs with the bundle's tuned preset for the latency (what users get
 ami`` for diart's). ``--cache FILE`` remembers segmentation/embedding outputs, so sweeps replay
 only the clustering (whole-step timings of cached runs are then not model timings).
 
-    PYTHONPATH=. python benchmarks/identification.py --calibrate --sweep 0.5,0.55,0.6,0.65 --conversations 16 --cache cache/ident.pkl
-    PYTHONPATH=. python benchmarks/identification.py --threshold 0.55 --conversations 8 --json out/identification.json
+    PYTHONPATH=. python benchmarks/identification.py --calibrate --sweep 0.6,0.65,0.7 --voice-sweep 0.5,0.55,0.6 --conversations 16 --cache cache/ident.pkl
+    PYTHONPATH=. python benchmarks/identification.py --conversations 8 --json out/identification.json
 """
 
 from __future__ import annotations
@@ -220,13 +221,13 @@ def der(conv, turns) -> tuple[float, float]:
     return c["missed detection"] + c["false alarm"] + c["confusion"], c["total"]
 
 
-def evaluate(models, params, vectors, convs, threshold: float, baseline: bool = True) -> dict:
+def evaluate(models, params, vectors, convs, threshold: float, voice_threshold: float, baseline: bool = True) -> dict:
     names = ["N_" + s for s in vectors]
     total = {"enrolled_s": 0.0, "named_s": 0.0, "enrolled_detected_s": 0.0, "other_s": 0.0, "fa_s": 0.0}
     err = {"with": [0.0, 0.0], "without": [0.0, 0.0]}
     cost = {"with": [], "without": []}
     for conv, here in convs:
-        identifier = Identifier(names, np.asarray([vectors[s] for s in vectors]), threshold)
+        identifier = Identifier(names, np.asarray([vectors[s] for s in vectors]), threshold, voice_threshold)
         turns, stats = run(models, params, conv.audio, identifier)
         for k, v in score(conv, here, turns, set(names)).items():
             total[k] += v
@@ -242,6 +243,7 @@ def evaluate(models, params, vectors, convs, threshold: float, baseline: bool = 
             cost["without"].append((stats0.percentile(50), stats0.percentile(50, "clustering")))
     out = {
         "threshold": threshold,
+        "voice_threshold": voice_threshold,
         "conversations": len(convs),
         "enrolled_speech_s": round(total["enrolled_s"], 1),
         "other_speech_s": round(total["other_s"], 1),
@@ -265,9 +267,13 @@ def main() -> int:
     ap.add_argument("--models", type=Path, default=REPO / "models" / "default")
     ap.add_argument("--variant", default="int8", choices=("int8", "fp32"))
     ap.add_argument("--clustering", default="incremental", choices=("incremental", "uisrnn"))
-    ap.add_argument("--threshold", type=float, default=None, help="acceptance threshold (default: speakers.threshold)")
-    ap.add_argument("--calibrate", action="store_true", help="sweep the threshold on the calibration half")
-    ap.add_argument("--sweep", default="0.4,0.45,0.5,0.55,0.6,0.65,0.7")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="one chunk's acceptance threshold (default: speakers.threshold)")
+    ap.add_argument("--voice-threshold", type=float, default=None,
+                    help="an accumulated voice's acceptance threshold (default: speakers.voice_threshold)")
+    ap.add_argument("--calibrate", action="store_true", help="sweep the thresholds on the calibration half")
+    ap.add_argument("--sweep", default="0.6,0.65,0.7", help="chunk thresholds to sweep")
+    ap.add_argument("--voice-sweep", default="0.5,0.55,0.6", help="accumulated-voice thresholds to sweep")
     ap.add_argument("--fa-target", type=float, default=5.0, help="false-accept target, percent (default 5)")
     ap.add_argument("--conversations", type=int, default=10)
     ap.add_argument("--enrolled", type=int, default=2, help="enrolled voices per conversation")
@@ -302,8 +308,9 @@ def main() -> int:
         convs = conversations(tests, cal_others, args.conversations, args.enrolled, args.others, args.duration,
                               args.seed + 1000)
         rows = []
-        for threshold in [float(x) for x in args.sweep.split(",")]:
-            row = evaluate(models, params, vectors, convs, threshold, baseline=False)
+        grid = [(float(c), float(v)) for c in args.sweep.split(",") for v in args.voice_sweep.split(",")]
+        for threshold, voice in grid:
+            row = evaluate(models, params, vectors, convs, threshold, voice, baseline=False)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if save is not None:
@@ -313,14 +320,17 @@ def main() -> int:
         ok = [r for r in rows if r["false_accept_pct"] <= 0.6 * args.fa_target]
         chosen = max(ok, key=lambda r: r["named_pct"]) if ok else min(rows, key=lambda r: r["false_accept_pct"])
         result.update(calibration=rows, chosen_threshold=chosen["threshold"],
+                      chosen_voice_threshold=chosen["voice_threshold"],
                       calibration_voices={"enrolled": sorted(vectors), "others": sorted(cal_others)})
-        print(f"chosen threshold {chosen['threshold']} (calibration false accept {chosen['false_accept_pct']}%)")
+        print(f"chosen threshold {chosen['threshold']}, voice threshold {chosen['voice_threshold']} "
+              f"(calibration false accept {chosen['false_accept_pct']}%)")
     else:
         threshold = SpeakersConfig.threshold if args.threshold is None else args.threshold
+        voice = SpeakersConfig.voice_threshold if args.voice_threshold is None else args.voice_threshold
         vectors, tests, skipped = enroll_all(models, params, ev_enrolled)
         convs = conversations(tests, ev_others, args.conversations, args.enrolled, args.others, args.duration,
                               args.seed)
-        row = evaluate(models, params, vectors, convs, threshold)
+        row = evaluate(models, params, vectors, convs, threshold, voice)
         result.update(row, enrolled_voices=sorted(vectors), other_voices=sorted(ev_others),
                       skipped_enrollment=skipped)
         print(json.dumps(row, indent=1))

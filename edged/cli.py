@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--profiles", type=Path, default=None,
                    help="voice profiles folder (edged enroll): enrolled voices get their names in RTTM and events")
     d.add_argument("--threshold", type=float, default=None,
-                   help="cosine similarity a voice needs to take an enrolled name (default: speakers.threshold)")
+                   help="cosine similarity one chunk of a voice needs to take an enrolled name (default: speakers.threshold)")
+    d.add_argument("--voice-threshold", type=float, default=None,
+                   help="cosine similarity an anonymous speaker's accumulated voice needs to take an enrolled name "
+                        "(default: speakers.voice_threshold)")
     d.add_argument("-v", "--verbose", action="store_true")
 
     for name, text in (("run", "run the daemon: audio -> speaker turns on MQTT (the systemd unit's ExecStart)"),
@@ -244,9 +247,11 @@ def cmd_diarize(args: argparse.Namespace) -> int:
             raise ConfigError(f"--profiles {args.profiles} is not a folder; enroll speakers first (edged enroll NAME "
                               f"AUDIO... --profiles {args.profiles})")
         threshold = SpeakersConfig.threshold if args.threshold is None else args.threshold
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"--threshold {threshold:g} is out of range; use a cosine similarity 0..1")
-        identifier = load_identifier(ProfileStore(args.profiles), models, threshold)
+        voice = SpeakersConfig.voice_threshold if args.voice_threshold is None else args.voice_threshold
+        for flag, value in (("--threshold", threshold), ("--voice-threshold", voice)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{flag} {value:g} is out of range; use a cosine similarity 0..1")
+        identifier = load_identifier(ProfileStore(args.profiles), models, threshold, voice)
     failed = 0
     for name in args.inputs:
         diarizer = StreamingDiarizer(models, params, identifier=identifier)

@@ -126,7 +126,7 @@ def test_corrupt_and_foreign_profiles_are_skipped_with_a_warning(models, libri, 
     foreign = store.get("Alice")
     store.save(Profile("Eve", foreign.vector, "f" * 64, 6.0, 0.0))
     with caplog.at_level("WARNING"):
-        identifier = load_identifier(store, models, 0.6)
+        identifier = load_identifier(store, models, 0.6, 0.55)
     assert identifier.names == ["Alice"]
     text = [r.getMessage() for r in caplog.records]
     assert any(str(profile_path(folder, "Bob")) in t and "corrupt" in t for t in text), text
@@ -143,7 +143,7 @@ def test_profile_recognises_its_voice_and_not_others(models, libri):
         sample = voice_sample(models, np.concatenate([read_audio(f) for f in libri[s][:2]]))
         vectors.append(sample.embedding_sum / np.linalg.norm(sample.embedding_sum))
         names.append(f"S{i}")
-    identifier = Identifier(names, np.asarray(vectors), 0.6)
+    identifier = Identifier(names, np.asarray(vectors), 0.6, 0.55)
     for i, s in enumerate(speakers):
         test = voice_sample(models, read_audio(libri[s][5]))
         sims = identifier.similarities(test.embedding_sum[None])[0]

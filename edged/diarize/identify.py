@@ -13,11 +13,12 @@ disk). ``IdentifyingBackend`` wraps a ``ClusteringBackend`` (incremental or UIS-
   ``speaker_<digits>``), so the two never collide.
 
 The wrapper also sums the unit embeddings each anonymous speaker received (whatever the
-back-end). When that accumulated voice (``MIN_CHUNKS`` chunks or more) reaches the threshold
-against a profile, the anonymous speaker is recognised: from then on its chunks go to the
-name's column (an enrolled voice whose first, short chunks missed the threshold still ends up
-named). ``alias`` does the same on request (an anonymous speaker named over MQTT). Within one
-chunk, two local speakers never share a column.
+back-end). While that accumulated voice reaches ``voice_threshold`` against a profile, the
+anonymous speaker is recognised and its chunks go to the name's column; the decision is taken
+again at every chunk the speaker receives, so a voice that drifts away from the profile loses
+the name (an early, noisy match is not final). An accumulated voice is steadier than one chunk,
+so ``voice_threshold`` is the lower of the two. ``alias`` names an anonymous speaker on request
+(over MQTT); such a name is kept. Within one chunk, two local speakers never share a column.
 """
 
 from __future__ import annotations
@@ -36,11 +37,6 @@ from edged.errors import EdgedError
 
 MAX_NAME = 64
 _ANONYMOUS = re.compile(r"speaker_\d+", re.IGNORECASE)
-# cosine similarity a local speaker needs to take an enrolled name; calibrated by
-# benchmarks/identification.py --calibrate (see README, "Who is speaking, by name")
-DEFAULT_THRESHOLD = 0.65
-# chunks an anonymous speaker needs before its accumulated voice is compared with the profiles
-MIN_CHUNKS = 3
 
 
 class NameError_(EdgedError):
@@ -79,20 +75,26 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 class Identifier:
-    """Enrolled names and their unit profile vectors; matches embeddings one-to-one."""
+    """Enrolled names and their unit profile vectors; matches embeddings one-to-one.
 
-    def __init__(self, names: Sequence[str], vectors: np.ndarray | None, threshold: float = DEFAULT_THRESHOLD):
+    ``threshold``: cosine similarity one chunk's local speaker needs to take a name;
+    ``voice_threshold``: what an anonymous speaker's accumulated voice needs (both calibrated
+    by benchmarks/identification.py; the defaults live in ``SpeakersConfig``)."""
+
+    def __init__(self, names: Sequence[str], vectors: np.ndarray | None, threshold: float, voice_threshold: float):
         names = [check_name(n) for n in names]
         if len(set(names)) != len(names):
             raise NameError_(f"duplicate speaker names in {names}; each name once")
-        if not -1.0 <= float(threshold) <= 1.0:
-            raise NameError_(f"identification threshold {threshold!r} is not a cosine similarity; use -1..1")
+        for what, value in (("threshold", threshold), ("voice threshold", voice_threshold)):
+            if not -1.0 <= float(value) <= 1.0:
+                raise NameError_(f"identification {what} {value!r} is not a cosine similarity; use -1..1")
         self.names = list(names)
         dim = 0 if vectors is None or not len(names) else np.shape(vectors)[1]
         self.vectors = _unit(vectors) if names else np.zeros((0, dim))
         if len(self.vectors) != len(self.names):
             raise ValueError(f"{len(self.names)} names but {len(self.vectors)} profile vectors")
         self.threshold = float(threshold)
+        self.voice_threshold = float(voice_threshold)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -159,7 +161,8 @@ class IdentifyingBackend:
         self.capacity = max(len(identifier), int(capacity if capacity is not None else len(identifier) + 8))
         self.tau_active = float(tau_active)
         self.slot_names: list[str | None] = list(identifier.names) + [None] * (self.capacity - len(identifier))
-        self.alias_slots: dict[int, int] = {}  # anonymous id -> name slot it was recognised as
+        self.alias_slots: dict[int, int] = {}  # anonymous id -> name slot it was recognised or named as
+        self._pinned: set[int] = set()  # aliases given on request (alias()): never revised
         self._sums: dict[int, np.ndarray] = {}  # anonymous id -> sum of its unit embeddings
         self._counts: dict[int, int] = {}
 
@@ -182,9 +185,17 @@ class IdentifyingBackend:
         """Anonymous id -> the name it was recognised or named as."""
         return {g: self.slot_names[s] for g, s in self.alias_slots.items() if self.slot_names[s] is not None}
 
+    @property
+    def named_aliases(self) -> dict[int, str]:
+        """Anonymous id -> the name given to it on request (``alias``); what a restart keeps
+        (recognitions are recomputed from the accumulated voices)."""
+        return {g: n for g, n in self.aliases.items() if g in self._pinned}
+
     def alias(self, speaker: int, name: str) -> None:
-        """From now on the chunks of anonymous ``speaker`` go to enrolled ``name``."""
+        """From now on the chunks of anonymous ``speaker`` go to enrolled ``name`` (kept until
+        the name is forgotten or the speakers are reset)."""
         self.alias_slots[int(speaker)] = self.slot_names.index(name)
+        self._pinned.add(int(speaker))
 
     def anonymous_id(self, label: str) -> int | None:
         """``speaker_N`` -> N when that anonymous speaker has been heard, else None."""
@@ -225,6 +236,7 @@ class IdentifyingBackend:
             self.slot_names[slot] = None
             for k in [k for k, v in self.alias_slots.items() if v == slot]:
                 del self.alias_slots[k]
+                self._pinned.discard(k)
         return known
 
     def rename(self, old: str, new: str) -> bool:
@@ -259,6 +271,7 @@ class IdentifyingBackend:
         """Forget the anonymous speakers (names stay: they are not stream state)."""
         self.inner.reset()
         self.alias_slots.clear()
+        self._pinned.clear()
         self._sums.clear()
         self._counts.clear()
 
@@ -286,7 +299,7 @@ class IdentifyingBackend:
                 unit = emb[spk] / max(np.linalg.norm(emb[spk]), 1e-12)
                 self._sums[g] = self._sums.get(g, 0.0) + unit
                 self._counts[g] = self._counts.get(g, 0) + 1
-                if g not in self.alias_slots and self._counts[g] >= MIN_CHUNKS:
+                if g not in self._pinned:
                     self._recognise(g)
         for spk in np.flatnonzero(anonymous >= 0):  # recognised anonymous speakers: the name's column
             slot = self.alias_slots.get(int(anonymous[spk]))
@@ -296,12 +309,14 @@ class IdentifyingBackend:
         return Assignment(mapping, self.num_global), inner_payload
 
     def _recognise(self, speaker: int) -> None:
-        """Alias an anonymous speaker whose accumulated voice matches a profile."""
+        """Alias an anonymous speaker while its accumulated voice matches a profile (revised at
+        every chunk it receives: a voice that drifts away from the profile loses the name)."""
+        self.alias_slots.pop(speaker, None)
         if not len(self.identifier):
             return
         sims = self.identifier.similarities(self._sums[speaker][None])[0]
         best = int(np.argmax(sims))
-        if sims[best] >= self.identifier.threshold:
+        if sims[best] >= self.identifier.voice_threshold:
             self.alias_slots[speaker] = self.slot_names.index(self.identifier.names[best])
 
     # --- state ---------------------------------------------------------------------------
@@ -316,3 +331,7 @@ class IdentifyingBackend:
     def restore_anonymous(self, ids: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
         self._sums = {int(i): np.asarray(s, dtype=np.float64) for i, s in zip(ids, sums)}
         self._counts = {int(i): int(c) for i, c in zip(ids, counts)}
+        self.alias_slots.clear()
+        self._pinned.clear()
+        for g in self._sums:  # recognitions follow from the voices; requested names come back by alias()
+            self._recognise(g)

@@ -59,11 +59,11 @@ def enroll_files(models: Models, store: ProfileStore, name: str, paths: Sequence
     return profile
 
 
-def load_identifier(store: ProfileStore, models: Models, threshold: float) -> Identifier:
+def load_identifier(store: ProfileStore, models: Models, threshold: float, voice_threshold: float) -> Identifier:
     """The usable profiles as an Identifier (corrupt or foreign profiles skipped with a warning)."""
     profiles = store.load(embedding_sha256(models))
     vectors = np.asarray([p.vector for p in profiles]) if profiles else None
-    return Identifier([p.name for p in profiles], vectors, threshold)
+    return Identifier([p.name for p in profiles], vectors, threshold, voice_threshold)
 
 
 def list_lines(store: ProfileStore) -> list[str]:

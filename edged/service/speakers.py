@@ -50,7 +50,7 @@ class SpeakerService:
         self.models = models
         s = config.speakers
         self.store = ProfileStore(profiles_folder(config))
-        self.identifier = load_identifier(self.store, models, s.threshold)
+        self.identifier = load_identifier(self.store, models, s.threshold, s.voice_threshold)
         self.state_file = state_file(config)
         if len(self.identifier):
             log.info("enrolled speakers: %s", ", ".join(self.identifier.names))
@@ -65,7 +65,8 @@ class SpeakerService:
         """A diarizer with the names; the first one of the process takes the saved speakers."""
         if models is not self.models:
             self.models = models
-            self.identifier = load_identifier(self.store, models, self.config.speakers.threshold)
+            s = self.config.speakers
+            self.identifier = load_identifier(self.store, models, s.threshold, s.voice_threshold)
         diarizer = StreamingDiarizer(models, params, identifier=self.identifier)
         if not self._restored:
             self._restored = True
@@ -102,7 +103,7 @@ class SpeakerService:
         if not self._state_ok(diarizer):
             return
         wrapper = diarizer.identifying
-        state = {**wrapper.inner.state(), **wrapper.anonymous_state(), "aliases": wrapper.aliases}
+        state = {**wrapper.inner.state(), **wrapper.anonymous_state(), "aliases": wrapper.named_aliases}
         try:
             save_state(self.state_file, embedding_sha256(self.models), state)
         except OSError as exc:
