@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -207,26 +205,7 @@ def test_restore_refuses_what_does_not_fit_and_changes_nothing(toy, change):
         capped.restore(good)
 
 
-# --- the bundle section ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def uisrnn_bundle(bundle, data_dir, tmp_path_factory):
-    """A copy of the test bundle plus a UIS-RNN trained for real through the CLI on tiny data:
-    one AMI training excerpt (two speakers, one with a non-ASCII label) and one short conversation
-    synthesized from LibriSpeech."""
-    out = tmp_path_factory.mktemp("uisrnn") / "bundle"
-    shutil.copytree(bundle, out)
-    ami = data_dir / "ami-debug"
-    cmd = [sys.executable, "-m", "edged_export.cli", "uisrnn", "--out", str(out),
-           "--train", str(ami / "trn03.wav"), "--reference", str(ami / "reference.rttm"),
-           "--conversations", str(data_dir / "librispeech"), "--conversation-count", "1",
-           "--conversation-duration", "20", "--iterations", "20", "--hidden-size", "32",
-           "--parity-sequences", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "decoder = uisrnn predict on 2/2 sequences" in proc.stdout, proc.stdout
-    return out
-
+# --- the bundle section (uisrnn_bundle: conftest.py) ----------------------------------------
 
 def test_cli_adds_a_verified_section(uisrnn_bundle):
     bundle = load_bundle(uisrnn_bundle, variants=("int8",))
