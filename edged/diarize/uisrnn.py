@@ -23,7 +23,7 @@ speakers of one chunk never share a global speaker. The assignment of chunk ``t`
 chunk ``t + lag``, so the pipeline holds each chunk's activations until then and aggregation
 runs ``lag`` steps later: turns are published ``latency + lag * step`` seconds after the audio.
 
-Across a restart (``state``/``restore``) only the best hypothesis is kept: each
+Across a restart (``Persistent``: ``state``/``restore``) only the best hypothesis is kept: each
 of its speakers' running mean, GRU state and observation/block counts (the reference's
 ``BeamState`` without the trace) and its last speaker, i.e. the speakers ``finish`` would commit;
 the other hypotheses and the uncommitted labels are dropped. To the decoder the restart is a
@@ -312,6 +312,20 @@ class UISRNNClustering:
 
     def reset(self) -> None:
         self.decoder.reset()
+        self._queue.clear()
+
+    def state_signature(self) -> dict[str, str | int]:
+        """``Persistent``: saved speakers fit the same UIS-RNN model (their GRU states) and size."""
+        return {"backend": "uisrnn", "max_speakers": self.max_speakers,
+                "model_sha256": self.decoder.net.info.file.sha256}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """``UISRNNDecoder.state``: the speakers of the best hypothesis."""
+        return self.decoder.state()
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """A new stream that knows the saved speakers (``UISRNNDecoder.restore``)."""
+        self.decoder.restore(state)
         self._queue.clear()
 
     def update(self, params: PipelineParams) -> None:
