@@ -1,9 +1,10 @@
-"""Shared fixtures: the data folder, one real exported bundle and its int8 models per test session,
-the LibriSpeech readers of the shared data, and a real mosquitto per test."""
+"""Shared fixtures: the data folder, one real exported bundle, its copy with a UIS-RNN and its int8
+models per test session, the LibriSpeech readers of the shared data, and a real mosquitto per test."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,26 @@ def bundle(request) -> Path:
     if existing and not os.environ.get("CI"):
         return Path(existing)
     return request.getfixturevalue("exported_bundle")
+
+
+@pytest.fixture(scope="session")
+def uisrnn_bundle(bundle, data_dir, tmp_path_factory) -> Path:
+    """A copy of ``bundle`` plus a UIS-RNN trained for real through the CLI on tiny data (~15 s):
+    one AMI training excerpt (two speakers, one with a non-ASCII label) and one short conversation
+    synthesized from LibriSpeech. Built once per session: the UIS-RNN and the speaker state tests
+    share it."""
+    out = tmp_path_factory.mktemp("uisrnn") / "bundle"
+    shutil.copytree(bundle, out)
+    ami = data_dir / "ami-debug"
+    cmd = [sys.executable, "-m", "edged_export.cli", "uisrnn", "--out", str(out),
+           "--train", str(ami / "trn03.wav"), "--reference", str(ami / "reference.rttm"),
+           "--conversations", str(data_dir / "librispeech"), "--conversation-count", "1",
+           "--conversation-duration", "20", "--iterations", "20", "--hidden-size", "32",
+           "--parity-sequences", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "decoder = uisrnn predict on 2/2 sequences" in proc.stdout, proc.stdout
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""The real daemon with named speakers: speakers survive a restart, corrupt state is one warning,
-MQTT commands (name, enroll, rename, forget, reset, bad input) against a real mosquitto, the Home
-Assistant "<name> speaking" sensors, and the README's command ACL."""
+"""The real daemon with named speakers: speakers survive a restart (either clustering back-end),
+corrupt or foreign state is one warning, MQTT commands (name, enroll, rename, forget, reset, bad
+input) against a real mosquitto, the Home Assistant "<name> speaking" sensors, and the README's
+command ACL."""
 
 from __future__ import annotations
 
@@ -187,6 +188,40 @@ def test_speakers_survive_a_restart(bundle, broker, audio, tmp_path):
     out = run_daemon(config, tmp_path)
     warnings = [line for line in out.splitlines() if "speaker state" in line and "WARNING" in line]
     assert len(warnings) == 1 and "unreadable" in warnings[0] and "no known speakers" in warnings[0], out[-2000:]
+    fresh = Counter()
+    for t in client.turns()[seen:]:
+        fresh[t["speaker"]] += t["end"] - t["start"]
+    assert fresh.most_common(1)[0][0] == "speaker_0"
+    client.close()
+
+
+def test_uisrnn_speakers_survive_a_restart(uisrnn_bundle, broker, audio, tmp_path):
+    """The same with pipeline.clustering: uisrnn (its best hypothesis is saved); then a restart
+    with the incremental back-end on that state: one warning line, a fresh start."""
+    client = Client(broker.port, "names4")
+    config = write_config(tmp_path, uisrnn_bundle, broker.port, audio["talk"], device="names4",
+                          pipeline__clustering="uisrnn")
+    run_daemon(config, tmp_path)
+    first = client.turns()
+    label_b = majority(audio["conv"], first, audio["b"])
+    assert majority(audio["conv"], first, audio["a"]) != label_b != "speaker_0"  # a fresh start would give speaker_0
+
+    config = write_config(tmp_path, uisrnn_bundle, broker.port, audio["alone"], device="names4",
+                          pipeline__clustering="uisrnn")
+    seen = len(client.turns())
+    out = run_daemon(config, tmp_path)
+    assert "speaker state reloaded" in out and "WARNING" not in out, out[-2000:]
+    labels = Counter()
+    for t in client.turns()[seen:]:
+        labels[t["speaker"]] += t["end"] - t["start"]
+    assert labels.most_common(1)[0][0] == label_b, (label_b, labels)
+
+    config = write_config(tmp_path, uisrnn_bundle, broker.port, audio["alone"], device="names4")
+    seen = len(client.turns())
+    out = run_daemon(config, tmp_path)
+    warnings = [line for line in out.splitlines() if "speaker state" in line and "WARNING" in line]
+    assert len(warnings) == 1 and "saved by the uisrnn back-end" in warnings[0] \
+        and "this pipeline runs the incremental back-end" in warnings[0], out[-2000:]
     fresh = Counter()
     for t in client.turns()[seen:]:
         fresh[t["speaker"]] += t["end"] - t["start"]

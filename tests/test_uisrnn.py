@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -138,26 +136,76 @@ def test_bounded_state_on_a_long_stream(toy):
     assert committed == 3000 - 4 and decoder.num_speakers <= 8
 
 
-# --- the bundle section ----------------------------------------------------------------------
+def _labels(decoder, steps) -> list[int]:
+    return [int(v) for x in steps for _, lab in decoder.push_step(x) for v in lab]
 
-@pytest.fixture(scope="module")
-def uisrnn_bundle(bundle, data_dir, tmp_path_factory):
-    """A copy of the test bundle plus a UIS-RNN trained for real through the CLI on tiny data:
-    one AMI training excerpt (two speakers, one with a non-ASCII label) and one short conversation
-    synthesized from LibriSpeech."""
-    out = tmp_path_factory.mktemp("uisrnn") / "bundle"
-    shutil.copytree(bundle, out)
-    ami = data_dir / "ami-debug"
-    cmd = [sys.executable, "-m", "edged_export.cli", "uisrnn", "--out", str(out),
-           "--train", str(ami / "trn03.wav"), "--reference", str(ami / "reference.rttm"),
-           "--conversations", str(data_dir / "librispeech"), "--conversation-count", "1",
-           "--conversation-duration", "20", "--iterations", "20", "--hidden-size", "32",
-           "--parity-sequences", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "decoder = uisrnn predict on 2/2 sequences" in proc.stdout, proc.stdout
-    return out
 
+def test_restored_decoder_continues_like_the_saved_one(toy):
+    """Save after half a stream, restore into a fresh decoder: the rest of the stream gets exactly
+    the labels the saved decoder gives it (a restart is a pause), unlike a fresh decoder's."""
+    from edged.diarize.uisrnn import UISRNNDecoder
+
+    _, _, network = toy
+    x = np.concatenate([s.embeddings for s in _toy_sequences(4, seed=6)])
+    steps = [x[i : i + 2] for i in range(0, len(x), 2)]  # two observations per step
+    half = len(steps) // 2
+    saved = UISRNNDecoder(network, 10, lag=0)
+    before = _labels(saved, steps[:half])
+    state = saved.state()
+    assert len(state["counts"]) == max(before) + 1 == saved.num_speakers >= 3
+    assert state["counts"].sum() == len(before) and int(state["last"]) == before[-1]
+
+    restored = UISRNNDecoder(network, 10, lag=0)
+    restored.restore(state)
+    assert restored.num_speakers == saved.num_speakers
+    assert {k: v.tolist() for k, v in restored.state().items()} == {k: v.tolist() for k, v in state.items()}
+    after = _labels(restored, steps[half:])
+    assert after == _labels(saved, steps[half:])
+    assert set(after) & set(before)  # returning speakers keep their labels
+    assert _labels(UISRNNDecoder(network, 10, lag=0), steps[half:]) != after  # a fresh start renumbers
+
+
+def test_state_holds_the_speakers_finish_commits(toy):
+    """With a lag, the state is the best hypothesis: the speakers that finish then commits."""
+    from edged.diarize.uisrnn import UISRNNDecoder
+
+    _, _, network = toy
+    x = _toy_sequences(1, seed=7)[0].embeddings
+    decoder = UISRNNDecoder(network, 10, lag=3)
+    labels = _labels(decoder, x[:, None])
+    state = decoder.state()
+    labels += [int(v) for _, lab in decoder.finish() for v in lab]
+    assert len(state["counts"]) == max(labels) + 1 and state["counts"].tolist() == np.bincount(labels).tolist()
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s.update(means=s["means"][:, :-1]),  # another observation dim
+    lambda s: s.update(hidden=np.zeros((len(s["counts"]), 1, HIDDEN * 2), np.float32)),  # another GRU size
+    lambda s: s["hidden"].__setitem__((0, 0, 0), np.nan),
+    lambda s: s.update(counts=s["counts"].astype(float)),
+    lambda s: s.update(blocks=s["counts"] + 1),
+    lambda s: s.update(last=np.asarray(len(s["counts"]))),
+    lambda s: s.update(means=s["means"].astype(str)),
+    lambda s: s.pop("last"),
+])
+def test_restore_refuses_what_does_not_fit_and_changes_nothing(toy, change):
+    from edged.diarize.uisrnn import UISRNNDecoder
+
+    _, _, network = toy
+    decoder = UISRNNDecoder(network, 10, lag=0)
+    _labels(decoder, _toy_sequences(1, seed=8)[0].embeddings[:, None])
+    good = decoder.state()
+    bad = {k: v.copy() for k, v in good.items()}
+    change(bad)
+    with pytest.raises((ValueError, KeyError)):
+        decoder.restore(bad)
+    assert {k: v.tolist() for k, v in decoder.state().items()} == {k: v.tolist() for k, v in good.items()}
+    capped = UISRNNDecoder(network, 10, lag=0, max_speakers=len(good["counts"]) - 1)
+    with pytest.raises(ValueError, match="at most"):
+        capped.restore(good)
+
+
+# --- the bundle section (uisrnn_bundle: conftest.py) ----------------------------------------
 
 def test_cli_adds_a_verified_section(uisrnn_bundle):
     bundle = load_bundle(uisrnn_bundle, variants=("int8",))

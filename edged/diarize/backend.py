@@ -1,13 +1,14 @@
 """The clustering back-end protocol: local speakers of each chunk -> global speakers.
 
 Two back-ends implement it: incremental clustering (``edged.diarize.clustering``, diart's) and
-the UIS-RNN decoder (``edged.diarize.uisrnn``), whose assignments come ``lag`` chunks late.
+the UIS-RNN decoder (``edged.diarize.uisrnn``), whose assignments come ``lag`` chunks late. Both
+are also ``Persistent``: their speakers can be saved and restored, so they survive a restart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -66,3 +67,25 @@ class ClusteringBackend(Protocol):
     def update(self, params: PipelineParams) -> None:
         """Apply new thresholds in place, keeping the speakers."""
         ...
+
+
+class Persistent(Protocol):
+    """A back-end whose speakers can be saved (``state``) and taken back after a restart (``restore``)."""
+
+    def state_signature(self) -> dict[str, str | int]:
+        """What a saved state must match to be restored: ``backend`` (its name) and its shape
+        (``max_speakers``, a model's sha256...). JSON-serialisable."""
+        ...
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The speakers, as arrays."""
+        ...
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """Replace the speakers by those of ``state``; ValueError or KeyError, changing nothing,
+        when the arrays do not fit this back-end."""
+        ...
+
+
+class PersistentBackend(ClusteringBackend, Persistent, Protocol):
+    """A clustering back-end whose speakers survive restarts: both of edged's back-ends."""

@@ -7,7 +7,7 @@ Memory is one fixed ``(max_speakers, dim)`` centroid array.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -82,16 +82,20 @@ class IncrementalClustering:
         """Number of global speakers found so far."""
         return int(self._used.sum())
 
+    def state_signature(self) -> dict[str, str | int]:
+        """``Persistent``: a saved state fits a clustering of the same size."""
+        return {"backend": "incremental", "max_speakers": self.max_speakers}
+
     def state(self) -> dict[str, np.ndarray]:
         """The speakers, for ``restore`` (saved across restarts): centroid sums and used slots."""
         dim = 0 if self._centroids is None else self._centroids.shape[1]
         centroids = np.zeros((self.max_speakers, dim)) if self._centroids is None else self._centroids.copy()
         return {"centroids": centroids, "used": self._used.copy()}
 
-    def restore(self, centroids: np.ndarray, used: np.ndarray) -> None:
-        """Take speakers saved by ``state`` (ValueError when they do not fit this clustering)."""
-        centroids = np.asarray(centroids, dtype=np.float64)
-        used = np.asarray(used, dtype=bool)
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take speakers saved by ``state`` (ValueError or KeyError when they do not fit this clustering)."""
+        centroids = np.asarray(state["centroids"], dtype=np.float64)
+        used = np.asarray(state["used"], dtype=bool)
         if centroids.ndim != 2 or centroids.shape[0] != self.max_speakers or used.shape != (self.max_speakers,) \
                 or not np.isfinite(centroids).all():
             raise ValueError(f"saved speakers have shape {centroids.shape}, this clustering holds "

@@ -29,7 +29,7 @@ import numpy as np
 from edged.diarize.aggregation import DelayedAggregator, blend_decisions, decisions_at
 from edged.diarize.binarize import Binarizer
 from edged.dsp.buffer import Chunk, RollingBuffer
-from edged.diarize.backend import ClusteringBackend
+from edged.diarize.backend import ClusteringBackend, PersistentBackend
 from edged.diarize.clustering import IncrementalClustering
 from edged.diarize.events import ActivityEvent, Event, TurnEvent, speaker_label
 from edged.diarize.identify import Identifier, IdentifyingBackend
@@ -102,7 +102,9 @@ class StreamingDiarizer:
         self.wall_origin = wall_origin
         self.stats = StepStats()
         self.buffer = RollingBuffer(self.sample_rate, p.duration, p.step)
-        self.clustering = self._backend(models, p)
+        # the back-end itself, under any enrolled names: its speakers are what a restart keeps
+        self.backend = self._backend(models, p)
+        self.clustering: ClusteringBackend = self.backend
         self.identifying: IdentifyingBackend | None = None
         if identifier is not None:  # enrolled names in front of the back-end
             self.identifying = IdentifyingBackend(self.clustering, identifier, p.max_speakers, p.tau_active)
@@ -114,7 +116,7 @@ class StreamingDiarizer:
         self._stream_end = 0.0  # end of the real audio seen so far (stream seconds)
 
     @staticmethod
-    def _backend(models: Models, p: PipelineParams) -> ClusteringBackend:
+    def _backend(models: Models, p: PipelineParams) -> PersistentBackend:
         if p.clustering == "uisrnn":  # assignments come uisrnn_lag steps late
             from edged.diarize.uisrnn import UISRNNClustering
 

@@ -22,6 +22,12 @@ per active local speaker of a chunk, in order of the centre of its activity, and
 speakers of one chunk never share a global speaker. The assignment of chunk ``t`` is known after
 chunk ``t + lag``, so the pipeline holds each chunk's activations until then and aggregation
 runs ``lag`` steps later: turns are published ``latency + lag * step`` seconds after the audio.
+
+Across a restart (``Persistent``: ``state``/``restore``) only the best hypothesis is kept: each
+of its speakers' running mean, GRU state and observation/block counts (the reference's
+``BeamState`` without the trace) and its last speaker, i.e. the speakers ``finish`` would commit;
+the other hypotheses and the uncommitted labels are dropped. To the decoder the restart is a
+pause in the speech: a returning voice is scored against its old mean and keeps its label.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +51,7 @@ INPUTS = ("observation", "hidden")
 # zero-input output that predicted its first observation)
 MEANS = ("reference", "training")
 OUTPUTS = ("mean", "hidden_out")
+STATE = ("means", "hidden", "counts", "blocks", "last")  # the arrays of UISRNNDecoder.state
 
 
 class UISRNNNetwork:
@@ -150,6 +157,39 @@ class UISRNNDecoder:
         out += self.finish()
         self.reset()
         return np.concatenate([labels for _, labels in out]) if out else np.zeros(0, np.int64)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The speakers of the best hypothesis (those ``finish`` would commit now), for ``restore``:
+        running means ``(K, dim)``, GRU states ``(K, depth, hidden)``, observation and block counts
+        ``(K,)`` and the speaker of the last observation (-1: none)."""
+        b = self._beams[0]
+        return {"means": b.means.copy(), "hidden": b.hidden.copy(), "counts": b.counts.copy(),
+                "blocks": b.blocks.copy(), "last": np.asarray(b.last, dtype=np.int64)}
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """Start a new stream from speakers saved by ``state``: one hypothesis, decoded on as if
+        the old stream had paused. ValueError or KeyError, changing nothing, when they do not
+        fit this decoder."""
+        means, hidden, counts, blocks, last = (np.asarray(state[key]) for key in STATE)
+        k = len(counts)
+        shapes = {"means": (k, self.net.dim), "hidden": (k, *self.net.new_hidden.shape), "counts": (k,),
+                  "blocks": (k,), "last": ()}
+        got = {"means": means.shape, "hidden": hidden.shape, "counts": counts.shape, "blocks": blocks.shape,
+               "last": last.shape}
+        if got != shapes or k > self.max_speakers:
+            raise ValueError(f"saved UIS-RNN speakers have shapes {got}; this decoder needs {shapes} "
+                             f"with at most {self.max_speakers} speakers")
+        if not all(np.issubdtype(a.dtype, np.number) for a in (means, hidden)) \
+                or not (np.isfinite(means).all() and np.isfinite(hidden).all()):
+            raise ValueError("saved UIS-RNN means or GRU states are not finite numbers")
+        if not all(np.issubdtype(a.dtype, np.integer) for a in (counts, blocks, last)) \
+                or not ((blocks >= 1).all() and (blocks <= counts).all() and -1 <= last < k):
+            raise ValueError("saved UIS-RNN counts must be whole numbers with 1 <= blocks <= observations, "
+                             "and the last speaker one of them")
+        self.reset()
+        self._beams = [_Hypothesis(0.0, means.astype(np.float64), hidden.astype(np.float32),
+                                   counts.astype(np.int64), blocks.astype(np.int64), int(last), ())]
+        self.num_speakers = k
 
     def _observe(self, x: np.ndarray, within_step: int) -> None:
         beams = self._beams
@@ -272,6 +312,20 @@ class UISRNNClustering:
 
     def reset(self) -> None:
         self.decoder.reset()
+        self._queue.clear()
+
+    def state_signature(self) -> dict[str, str | int]:
+        """``Persistent``: saved speakers fit the same UIS-RNN model (their GRU states) and size."""
+        return {"backend": "uisrnn", "max_speakers": self.max_speakers,
+                "model_sha256": self.decoder.net.info.file.sha256}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """``UISRNNDecoder.state``: the speakers of the best hypothesis."""
+        return self.decoder.state()
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """A new stream that knows the saved speakers (``UISRNNDecoder.restore``)."""
+        self.decoder.restore(state)
         self._queue.clear()
 
     def update(self, params: PipelineParams) -> None:

@@ -3,10 +3,10 @@
 Owned by the daemon and run on its main thread only. ``speakers.profiles`` (default: ``speakers/`` in the state directory) seeds every
 diarizer with the enrolled names; ``speakers.state_file`` keeps the anonymous speakers across
 restarts (saved every ``save_interval_s`` and at a clean stop, before the final flush; reloaded
-at start when the embedding model matches and the state is younger than ``expiry_h``; the
-incremental back-end only: UIS-RNN hypotheses are not saved). With ``mqtt.commands`` it runs
-the commands of ``edged.delivery.commands``; the Home Assistant "<name> speaking" sensors follow
-the enrolled names.
+at start when the embedding model and the back-end that saved it, with its shape, match and the
+state is younger than ``expiry_h``; either back-end: ``edged.diarize.backend.Persistent``). With
+``mqtt.commands`` it runs the commands of ``edged.delivery.commands``; the Home Assistant
+"<name> speaking" sensors follow the enrolled names.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from typing import Any, Callable
 import numpy as np
 
 from edged.config import DaemonConfig
-from edged.diarize.clustering import IncrementalClustering
 from edged.diarize.events import Event
 from edged.diarize.pipeline import StreamingDiarizer
 from edged.diarize.stream import Stream
 from edged.errors import EdgedError
 from edged.models.blocks import Models
-from edged.profiles.snapshot import load_state, save_state
+from edged.profiles.snapshot import SpeakerState, load_state, save_state
 from edged.profiles.store import Profile, ProfileError, ProfileStore
 from edged.service.enroll import embedding_sha256, load_identifier, profile_from_audio
 
@@ -74,36 +73,40 @@ class SpeakerService:
         return diarizer
 
     def _state_ok(self, diarizer: StreamingDiarizer) -> bool:
-        return (self.state_file is not None and diarizer.identifying is not None
-                and isinstance(diarizer.identifying.inner, IncrementalClustering))
+        return self.state_file is not None and diarizer.identifying is not None
 
     def _restore(self, diarizer: StreamingDiarizer) -> None:
         if not self._state_ok(diarizer):
             return
         s = self.config.speakers
-        state = load_state(self.state_file, embedding_sha256(self.models), s.expiry_h * 3600)
+        backend, wrapper = diarizer.backend, diarizer.identifying
+        state = load_state(self.state_file, embedding_sha256(self.models), backend.state_signature(),
+                           s.expiry_h * 3600)
         if state is None:
             return
-        wrapper = diarizer.identifying
         try:
-            wrapper.inner.restore(state["centroids"], state["used"])
-            wrapper.restore_anonymous(state["ids"], state["sums"], state["counts"])
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            ids, sums, counts = (np.asarray(state.anonymous[k]) for k in ("ids", "sums", "counts"))
+            if sums.ndim != 2 or not len(ids) == len(sums) == len(counts) or not np.isfinite(sums).all():
+                raise ValueError(f"anonymous speakers: {len(ids)} ids, {len(counts)} counts, sums {sums.shape}")
+            backend.restore(state.clustering)
+            wrapper.restore_anonymous(ids, sums, counts)
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             wrapper.reset()
             log.warning("speaker state %s does not fit this pipeline (%s); starting with no known speakers",
                         self.state_file, exc)
             return
-        for g, name in state["aliases"].items():
+        for g, name in state.aliases.items():
             if name in wrapper.slot_names:
                 wrapper.alias(g, name)
-        log.info("speaker state reloaded from %s: %d speakers", self.state_file, wrapper.inner.num_speakers)
+        log.info("speaker state reloaded from %s: %d speakers", self.state_file, backend.num_speakers)
 
     def save(self, diarizer: StreamingDiarizer) -> None:
         """Write the speaker state now (atomically); a failure is logged, never raised."""
         if not self._state_ok(diarizer):
             return
-        wrapper = diarizer.identifying
-        state = {**wrapper.inner.state(), **wrapper.anonymous_state(), "aliases": wrapper.named_aliases}
+        backend, wrapper = diarizer.backend, diarizer.identifying
+        state = SpeakerState(backend.state_signature(), backend.state(), wrapper.anonymous_state(),
+                             wrapper.named_aliases)
         try:
             save_state(self.state_file, embedding_sha256(self.models), state)
         except OSError as exc:
