@@ -3,10 +3,13 @@ every bad input gives one line of error and changes nothing."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 
 from edged.diarize.enrollment import SECOND_VOICE_S, voice_sample
 from edged.diarize.identify import Identifier, NameError_, check_name
-from edged.profiles.store import Profile, ProfileStore, profile_path
+from edged.profiles.store import Profile, ProfileError, ProfileStore, profile_path
 from edged.service.enroll import embedding_sha256, enroll_files, load_identifier
 from edged.sources.file import read_audio
 
@@ -149,3 +152,157 @@ def test_profile_recognises_its_voice_and_not_others(models, libri):
         sims = identifier.similarities(test.embedding_sum[None])[0]
         assert int(np.argmax(sims)) == i and sims[i] >= 0.6, (s, sims)
         assert np.sort(sims)[-2] < 0.6, (s, sims)
+
+
+def voice(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).standard_normal(192)
+    return vector / np.linalg.norm(vector)
+
+
+def enrolled(folder: Path, **voices: int) -> ProfileStore:
+    """A store with one profile per name (``name=seed``), no model needed."""
+    store = ProfileStore(folder)
+    for name, seed in voices.items():
+        store.save(Profile(name, voice(seed), "a" * 64, 6.0, 0.0, (f"{name}.wav",)))
+    return store
+
+
+def test_rename_through_the_store_keeps_the_voice_and_refusals_change_nothing(tmp_path):
+    folder = tmp_path / "speakers"
+    store = enrolled(folder, Alice=1, Keep=2)
+    before = snapshot(folder)
+    for old, new, error, words in [("Nobody", "Zed", ProfileError, "no enrolled speaker 'Nobody'"),
+                                   ("Alice", "Keep", ProfileError, "'Keep' is already enrolled"),
+                                   ("Alice", "Alice", ProfileError, "already has that name"),
+                                   ("Alice", "a/b", NameError_, "'/'"), ("Alice", "speaker_1", NameError_, "anonymous")]:
+        with pytest.raises(error) as exc:
+            store.rename(old, new)
+        assert words in str(exc.value) and "\n" not in str(exc.value), exc.value
+        assert snapshot(folder) == before, (old, new)
+
+    renamed = store.rename("Alice", "Carol")
+    assert renamed.name == "Carol" and store.names() == ["Carol", "Keep"]
+    assert sorted(snapshot(folder)) == sorted(profile_path(folder, n).name for n in ("Carol", "Keep"))
+    assert stat.S_IMODE(profile_path(folder, "Carol").stat().st_mode) == 0o600
+    carol = store.get("Carol")
+    assert np.allclose(carol.vector, voice(1)) and carol.sources == ("Alice.wav",) and store.get("Alice") is None
+
+    enrolled(folder, Alice=3)  # the old name enrolled again is another voice, kept beside Carol
+    assert [p.name for p in store.load("a" * 64)] == ["Alice", "Carol", "Keep"]
+    store.rename("Carol", "Keep", replace=True)
+    assert store.names() == ["Alice", "Keep"] and np.allclose(store.get("Keep").vector, voice(1))
+
+
+def test_rename_and_its_refusals_through_the_cli(tmp_path):
+    folder = tmp_path / "speakers"
+    enrolled(folder, Alice=1, Keep=2)
+    before = snapshot(folder)
+    one_line_error(edged("speakers", "rename", "Alice", "Keep", "--profiles", str(folder)), "'Keep' is already enrolled",
+                   "--replace")
+    one_line_error(edged("speakers", "rename", "Alice", "a+b", "--profiles", str(folder)), "'+'")
+    assert snapshot(folder) == before
+    proc = edged("speakers", "rename", "Alice", "Keep", "--replace", "--profiles", str(folder))
+    assert proc.returncode == 0 and proc.stdout == "renamed Alice -> Keep\n", proc.stderr
+    assert ProfileStore(folder).names() == ["Keep"] and np.allclose(ProfileStore(folder).get("Keep").vector, voice(1))
+    assert list(snapshot(folder)) == [profile_path(folder, "Keep").name]
+
+
+# A rename in a child that SIGKILLs itself just before its N-th call of a file system step
+CRASH_AT_STEP = """
+import os, signal, sys
+from edged.profiles.store import ProfileStore
+
+folder, crash_at, replace = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "replace"
+calls = 0
+
+def crashing(step):
+    def call(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return step(*args, **kwargs)
+    return call
+
+for name in ("fsync", "replace", "rename", "unlink", "link"):
+    setattr(os, name, crashing(getattr(os, name)))
+ProfileStore(folder).rename("Alice", "Carol", replace=replace)
+"""
+
+
+@pytest.mark.parametrize("replace", ["new name free", "replace"])
+def test_a_rename_killed_at_any_step_leaves_the_voice_under_exactly_one_name(replace, tmp_path, caplog):
+    """After a SIGKILL before each fsync, replace, rename, unlink or link of a rename, the next load
+    finds Alice's voice under Alice or Carol, never both nor neither, and tidies the folder: no
+    temporary file left, at most one log line, nothing left to do at the load after."""
+    seen_outcomes, seen_stray = set(), False
+    for crash_at in range(1, 30):
+        folder = tmp_path / f"crash{crash_at}"
+        voices = {"Alice": 1, "Keep": 2, **({"Carol": 3} if replace == "replace" else {})}
+        enrolled(folder, **voices)
+        proc = subprocess.run([sys.executable, "-c", CRASH_AT_STEP, str(folder), str(crash_at), replace], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            break  # no step left to crash at: the rename completed
+        assert proc.returncode == -9, proc.stderr
+        seen_stray |= any(p.name.startswith(".") for p in folder.iterdir())
+        caplog.clear()
+        with caplog.at_level("INFO", logger="edged.profiles"):
+            profiles = {p.name: p for p in ProfileStore(folder).load("a" * 64)}
+        assert len(caplog.records) <= 1, [r.getMessage() for r in caplog.records]
+        holders = [n for n, p in profiles.items() if np.allclose(p.vector, voice(1))]
+        assert holders in (["Alice"], ["Carol"]), (crash_at, sorted(profiles))
+        seen_outcomes.add(holders[0])
+        expected = {"Keep": 2, holders[0]: 1, **({"Carol": 3} if replace == "replace" and holders == ["Alice"] else {})}
+        assert {n: int(np.argmax([np.dot(p.vector, voice(s)) for s in (1, 2, 3)])) + 1 for n, p in profiles.items()} \
+            == expected, crash_at
+        assert sorted(snapshot(folder)) == sorted(profile_path(folder, n).name for n in expected), crash_at
+        tidied = snapshot(folder)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="edged.profiles"):
+            assert ProfileStore(folder).names() == sorted(expected)
+        assert not caplog.records and snapshot(folder) == tidied
+    else:
+        pytest.fail("the rename never completed")
+    assert crash_at > 3 and seen_outcomes == {"Alice", "Carol"} and seen_stray, (crash_at, seen_outcomes, seen_stray)
+
+
+def test_an_unfinished_rename_loads_under_the_new_name_even_when_the_tidying_fails(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "speakers"
+    enrolled(folder, Alice=1, Carol=3)
+    renamed = {**Profile("Carol", voice(1), "a" * 64, 6.0, 0.0).to_dict(), "renamed_from": "Alice"}
+    profile_path(folder, "Alice").write_text(json.dumps(renamed))  # as a crash between the two steps leaves it
+
+    def read_only(*args):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr("os.replace", read_only)
+    with caplog.at_level("INFO", logger="edged.profiles"):
+        profiles = ProfileStore(folder).load("a" * 64)
+    assert [p.name for p in profiles] == ["Carol"] and np.allclose(profiles[0].vector, voice(1))
+    assert [r.getMessage() for r in caplog.records] == \
+        [f"cannot tidy the profiles folder {folder} after a crash (Permission denied); fix its permissions"]
+
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="edged.profiles"):
+        assert ProfileStore(folder).names() == ["Carol"]
+    assert [r.getMessage() for r in caplog.records] == \
+        [f"profiles folder {folder}, after a crash: finished renaming 'Alice' to 'Carol'"]
+    assert list(snapshot(folder)) == [profile_path(folder, "Carol").name]
+
+
+def test_the_tidying_waits_for_a_live_writer(tmp_path):
+    """A temporary file is a crash's leftover only when nobody holds the folder's lock."""
+    folder = tmp_path / "speakers"
+    enrolled(folder, Alice=1)
+    writing = folder / (".tmp-live" + profile_path(folder, "Bob").name)
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a writer in another process holds it
+    writing.write_text("half a profi")
+    reader = threading.Thread(target=ProfileStore(folder).names)
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive() and writing.exists()
+    os.close(fd)
+    reader.join(10)
+    assert not reader.is_alive() and not writing.exists()

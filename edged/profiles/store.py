@@ -9,15 +9,17 @@ device: only names are published.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -98,7 +100,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 class ProfileStore:
     """The profiles folder. ``load`` skips (with one warning line each) corrupt files and
-    profiles of another embedding model."""
+    profiles of another embedding model.
+
+    A rename never leaves the voice under two names or none: it rewrites the old name's file in
+    place with the new name and ``renamed_from`` (atomic_write), then moves it to the new name's
+    path (os.replace, folder fsynced), so one file holds the voice at every instant, and every
+    method first finishes such a move and deletes the temporary files a crash left (one log line).
+    Writers and this tidying hold an exclusive flock on the folder, so it never meets a live write.
+    """
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
@@ -110,30 +119,85 @@ class ProfileStore:
             raise ProfileError(f"cannot create the profiles folder {self.folder} ({exc.strerror}); "
                                "fix the path or its permissions") from None
 
-    def _read(self, path: Path) -> Profile:
+    def _read(self, path: Path) -> tuple[Profile, str | None]:
+        """The profile in ``path`` and the name it was renamed from (None: not renamed)."""
         try:
-            return Profile.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            profile = Profile.from_dict(data)
+            return profile, None if data.get("renamed_from") is None else check_name(data["renamed_from"])
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, EdgedError) as exc:
             raise ProfileError(f"profile {path} is corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                                "remove it and re-enroll") from None
 
+    def _files(self) -> list[Path]:
+        return sorted(p for p in self.folder.glob("*" + SUFFIX) if not p.name.startswith("."))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the folder's exclusive lock, with what a crash left tidied (no folder: nothing to hold)."""
+        try:
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:  # no folder, or none this user may open: nothing to lock or tidy (scan finds nothing)
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._tidy()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _tidy(self) -> None:
+        """Finish a rename's move and delete temporary files, left by a crash (one log line)."""
+        done = []
+        try:
+            for path in self.folder.glob(".tmp-*" + SUFFIX):
+                path.unlink()
+                done.append(f"removed the temporary file {path.name}")
+            for path in self._files():
+                try:
+                    profile, renamed_from = self._read(path)
+                except ProfileError:
+                    continue  # scan reports it
+                if self._moving(path, renamed_from):
+                    os.replace(path, profile_path(self.folder, profile.name))
+                    done.append(f"finished renaming {renamed_from!r} to {profile.name!r}")
+            if done:
+                _fsync_dir(self.folder)
+        except OSError as exc:
+            log.warning("cannot tidy the profiles folder %s after a crash (%s); fix its permissions",
+                        self.folder, exc.strerror)
+            return
+        if done:
+            log.info("profiles folder %s, after a crash: %s", self.folder, "; ".join(done))
+
+    def _moving(self, path: Path, renamed_from: str | None) -> bool:
+        """Is ``path`` a renamed profile still at its old name's path (the rename's move not done)?"""
+        return renamed_from is not None and path.name == profile_path(self.folder, renamed_from).name
+
     def scan(self) -> tuple[list[Profile], list[str]]:
         """Every readable profile (sorted by name) and one warning line per unreadable file."""
+        with self._locked():
+            return self._scan()
+
+    def _scan(self) -> tuple[list[Profile], list[str]]:
         if not self.folder.is_dir():
             return [], []
-        profiles, warnings = [], []
-        for path in sorted(self.folder.glob("*" + SUFFIX)):
+        found, moving, warnings = {}, {}, []
+        for path in self._files():
             try:
-                profile = self._read(path)
+                profile, renamed_from = self._read(path)
             except ProfileError as exc:
                 warnings.append(str(exc))
                 continue
-            if path.name != profile_path(self.folder, profile.name).name:
+            if path.name == profile_path(self.folder, profile.name).name:
+                found[profile.name] = profile
+            elif self._moving(path, renamed_from):
+                moving[profile.name] = profile  # renamed, its move not finished (tidying failed): the new name holds
+            else:
                 warnings.append(f"profile {path} names {profile.name!r} but is not that name's file; "
                                 "remove it and re-enroll")
-                continue
-            profiles.append(profile)
-        return sorted(profiles, key=lambda p: p.name), warnings
+        return sorted({**found, **moving}.values(), key=lambda p: p.name), warnings
 
     def load(self, embedding_sha256: str, warn: bool = True) -> list[Profile]:
         """The profiles usable with this embedding model; skipped files are logged (one line each)."""
@@ -153,7 +217,8 @@ class ProfileStore:
 
     def get(self, name: str) -> Profile | None:
         path = profile_path(self.folder, check_name(name))
-        return self._read(path) if path.exists() else None
+        with self._locked():
+            return self._read(path)[0] if path.exists() else None
 
     def names(self) -> list[str]:
         return [p.name for p in self.scan()[0]]
@@ -162,36 +227,46 @@ class ProfileStore:
         """Write the profile; ProfileError when the name exists and ``replace`` is false."""
         check_name(profile.name)
         path = profile_path(self.folder, profile.name)
-        if path.exists() and not replace:
-            raise ProfileError(f"speaker {profile.name!r} is already enrolled; add --replace to overwrite it, "
-                               "or choose another name")
         self._ensure()
-        atomic_write(path, (json.dumps(profile.to_dict(), ensure_ascii=False) + "\n").encode())
+        with self._locked():
+            self._check_free(profile.name, replace)
+            atomic_write(path, (json.dumps(profile.to_dict(), ensure_ascii=False) + "\n").encode())
         return path
+
+    def _check_free(self, name: str, replace: bool) -> None:
+        if profile_path(self.folder, name).exists() and not replace:
+            raise ProfileError(f"speaker {name!r} is already enrolled; add --replace to overwrite it, "
+                               "or choose another name")
 
     def remove(self, name: str) -> None:
         path = profile_path(self.folder, check_name(name))
-        if not path.exists():
-            raise ProfileError(self._unknown(name))
-        path.unlink()
-        _fsync_dir(self.folder)
+        with self._locked():
+            if not path.exists():
+                raise ProfileError(self._unknown(name))
+            path.unlink()
+            _fsync_dir(self.folder)
 
     def rename(self, old: str, new: str, replace: bool = False) -> Profile:
-        profile = self.get(old)
-        if profile is None:
-            raise ProfileError(self._unknown(old))
-        check_name(new)
-        if new == old:
-            raise ProfileError(f"speaker {old!r} already has that name; give a different NEW name")
-        renamed = Profile(new, profile.vector, profile.embedding_sha256, profile.speech_s, time.time(),
-                          profile.sources)
-        self.save(renamed, replace=replace)  # the new file first: a crash leaves both, never neither
-        profile_path(self.folder, old).unlink()
-        _fsync_dir(self.folder)
+        """Give ``old``'s voice the name ``new``, crash-safe (see the class)."""
+        path = profile_path(self.folder, check_name(old))
+        with self._locked():
+            if not path.exists():
+                raise ProfileError(self._unknown(old))
+            profile = self._read(path)[0]
+            check_name(new)
+            if new == old:
+                raise ProfileError(f"speaker {old!r} already has that name; give a different NEW name")
+            self._check_free(new, replace)
+            renamed = Profile(new, profile.vector, profile.embedding_sha256, profile.speech_s, time.time(),
+                              profile.sources)
+            data = {**renamed.to_dict(), "renamed_from": old}
+            atomic_write(path, (json.dumps(data, ensure_ascii=False) + "\n").encode())  # the voice is now `new`
+            os.replace(path, profile_path(self.folder, new))
+            _fsync_dir(self.folder)
         return renamed
 
     def _unknown(self, name: str) -> str:
-        known = self.names()
+        known = [p.name for p in self._scan()[0]]
         return (f"no enrolled speaker {name!r} in {self.folder}; "
                 + (f"enrolled: {', '.join(known)}" if known else "none enrolled yet (edged enroll NAME AUDIO...)"))
 
