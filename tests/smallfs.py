@@ -1,5 +1,6 @@
 """Test helper: a real small filesystem (tmpfs of a few hundred KiB) that runs out of space,
-and a filler file that takes the rest of it. Needs root to mount; skips naming that otherwise."""
+a filler file that takes the rest of it, and giving some of it back. Needs root to mount; skips
+naming that otherwise."""
 
 from __future__ import annotations
 
@@ -47,3 +48,8 @@ def fill(folder: Path, name: str = "filler") -> Path:
             if exc.errno != errno.ENOSPC:
                 raise
     return path
+
+
+def free(filler: Path, size: int) -> None:
+    """Give ``size`` bytes of a ``fill``ed filesystem back: the filler's tail is cut off."""
+    os.truncate(filler, max(filler.stat().st_size - size, 0))

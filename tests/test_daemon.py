@@ -214,6 +214,12 @@ def test_sighup_reloads_config_and_keeps_speakers(bundle, data_dir, broker, tmp_
     proc.send_signal(signal.SIGHUP)
     wait_for(lambda: log.read_text().count("reload failed, keeping the running config") >= 2, 60, what="2nd bad reload")
     assert "has no UIS-RNN model" in log.read_text().split("reload failed")[-1].splitlines()[0]
+    # a publisher the new config cannot build (its password file is missing): the running one stays
+    config.write_text(text.replace("mqtt:", f"mqtt:\n  username: u\n  password_file: {tmp_path / 'missing'}"))
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: log.read_text().count("reload failed, keeping the running config") >= 3, 60, what="3rd bad reload")
+    assert "mqtt.password_file=" in log.read_text().split("reload failed")[-1].splitlines()[0]
+    assert "MQTT publisher stopped" not in log.read_text()
     assert proc.poll() is None, "the daemon must keep running after a reload it cannot apply"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0

@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mosquitto import Mosquitto, wait_for  # noqa: E402
-from smallfs import fill, small_tmpfs  # noqa: E402
+from smallfs import fill, free, small_tmpfs  # noqa: E402
 from wrong_models import replace_model, segmentation_with_speakers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,6 +196,83 @@ def test_disk_full_drops_new_turns_keeps_draining_and_resumes_without_restart(bu
         with Spool(SpoolConfig(path=fs / "spool")) as spool:
             assert spool.dropped_nospace == len(dropped) and spool.depth == 0 and spool.skipped_corrupt == 0
     assert f"Client edged-{DEVICE} disconnected" in broker.log_tail(10**7)  # a clean DISCONNECT, no will
+    assert sub.payloads("status")[-1] == b"offline"
+    sub.close()
+
+
+# --- a full disk at a SIGHUP reload that moves the spool -------------------------------------------
+def test_reload_moving_the_spool_onto_a_full_disk_is_refused_then_applied_with_room(bundle, long_wav, broker,
+                                                                                    tmp_path):
+    """SIGHUP points spool.path at a folder on a full filesystem while turns wait in the running
+    spool (the broker hangs): the reload is refused whole, in one line naming the folder, the full
+    disk and the fix, and the daemon goes on with the old spool; again with room for a spool's
+    small files but not for the waiting turns (the disk full during the move: the copy is undone).
+    Once space is freed a SIGHUP moves the spool: the waiting turns go along with their seqs, and
+    every turn reaches the broker once (after de-duplication on seq), in order, no seq on two turns."""
+    sub = Subscriber(broker.port)
+    with small_tmpfs(tmp_path / "fs", "256k") as fs:
+        moved = fs / "spool"
+        config = write_config(tmp_path, bundle, broker.port, long_wav)
+        log = tmp_path / "daemon.log"
+        proc = start(config, log, 2.0)
+
+        def refusals() -> list[str]:
+            return [line for line in log.read_text().splitlines() if "reload failed" in line]
+
+        try:
+            wait_for(lambda: len(sub.seqs()) >= 1, TIMEOUT, what="a first delivered turn")
+            broker.pause()  # a hung broker: turns wait in the running spool
+            held = len(events(tmp_path))
+            wait_for(lambda: len(events(tmp_path)) >= held + 1, TIMEOUT, what="a turn spooled while hung")
+            filler = fill(fs)
+            write_config(tmp_path, bundle, broker.port, long_wav, spool=moved)
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(refusals()) == 1, 60, what="the first reload refused")
+            assert not (moved / "seq").exists()  # refused at open: nothing fit
+            free(filler, 2 * 4096)  # room for the folder's floor and counters, not for the waiting turns
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(refusals()) == 2, 60, what="the second reload refused")
+            assert (moved / "seq").exists() and not list(moved.glob("seg-*"))  # the copy failed, undone
+            assert proc.poll() is None, "the daemon must keep running after a reload it cannot apply"
+            spooled = len(events(tmp_path))
+            wait_for(lambda: len(events(tmp_path)) > spooled, TIMEOUT, what="a turn spooled after the refusals")
+            assert all(e["seq"] is not None for e in events(tmp_path)), "the old spool must still take turns"
+            filler.unlink()
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reload: spool moved to" in log.read_text(), 60, what="the reload applied")
+            carried = [e["seq"] for e in events(tmp_path)]
+            broker.resume()
+            wait_for(lambda: len(events(tmp_path)) >= len(carried) + 1, TIMEOUT, what="a turn after the move")
+            wait_for(lambda: set(carried) <= set(sub.seqs()), TIMEOUT, what="the carried turns delivered")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(120) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        text = log.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        expected = (f"edged: ERROR: edged.service.daemon: reload failed, keeping the running config: spool folder "
+                    f"{moved} has no room (No space left on device); the disk is full: free space on it or set "
+                    "spool.path to a folder with room")
+        assert refusals() == [expected, expected]
+        assert [line for line in text.splitlines() if str(moved) in line and "WARNING" in line] == []  # one line each
+        made = events(tmp_path)
+        seqs = [e["seq"] for e in made]
+        assert None not in seqs and seqs == sorted(set(seqs)), seqs
+        assert max(carried) < seqs[-1] and f"reload: spool moved to {moved}" in text
+        wait_for(lambda: set(seqs) <= set(sub.seqs()), 60, what="every turn delivered")
+        got = sub.turns()
+        assert sorted(set(sub.seqs())) == seqs
+        first = list(dict.fromkeys(sub.seqs()))
+        assert first == seqs, f"out of order: {first}"
+        by_seq = {t["seq"]: t for t in made}
+        assert all(t == by_seq[t["seq"]] for t in got), "a seq named two different turns"
+        assert f"stopped: {len(made)} turns produced this run, {len(made)} delivered, 0 dropped" in stopped_line(log)
+        from edged.delivery.spool import Spool, SpoolConfig
+
+        for folder in (tmp_path / "spool", moved):  # nothing waits in either: each turn was held by one
+            with Spool(SpoolConfig(path=folder)) as spool:
+                assert spool.depth == 0 and spool.skipped_corrupt == 0, folder
     assert sub.payloads("status")[-1] == b"offline"
     sub.close()
 

@@ -17,11 +17,11 @@ import pytest
 
 from edged.errors import ConfigError, EdgedError
 from edged.settings import build
-from edged.delivery.spool import (HEADER, MAGIC, MAX_SEQ, Spool, SpoolConfig, SpoolError, SpoolWriteError,
-                                  scan_records)
+from edged.delivery.spool import (HEADER, MAGIC, MAX_SEQ, Spool, SpoolConfig, SpoolError, SpoolRoomError,
+                                  SpoolWriteError, scan_records)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from smallfs import fill, small_tmpfs  # noqa: E402
+from smallfs import fill, free, small_tmpfs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -412,3 +412,94 @@ def test_a_spool_opened_on_a_full_disk_still_works(tmp_path):
             assert spool.dropped_nospace == 1
             # (a seq no consumer can have seen, such as the dropped turn's, may come again)
             assert spool.append(turn(0))["seq"] > (written or [10])[-1]
+
+
+def test_moving_onto_a_full_disk_is_refused_and_undone_then_moves_every_waiting_turn(tmp_path, caplog):
+    """A reload moving the spool to a folder on a real full filesystem: opening it for the move
+    fails with one line naming the folder, the full disk and the fix; with room for its small
+    files only, copying the waiting turns fails and is undone; with room they move with their
+    seqs, new seqs go on above them, and each turn is held by one folder only."""
+    with small_tmpfs(tmp_path / "fs", "256k") as fs:
+        folder = fs / "spool"
+        old = open_spool(tmp_path / "old")
+        seqs = [old.append(turn(i))["seq"] for i in range(30)]
+        old.ack(seqs[0])
+        old.ack(seqs[1])
+        waiting = seqs[2:]
+        filler = fill(fs)
+        with caplog.at_level(logging.WARNING, logger="edged.delivery.spool"):
+            with pytest.raises(SpoolRoomError) as err:
+                Spool(SpoolConfig(path=folder), require_room=True)
+            assert str(err.value) == (f"spool folder {folder} has no room (No space left on device); the disk is "
+                                      "full: free space on it or set spool.path to a folder with room")
+            assert caplog.text == ""  # that line is all: the reload logs it
+            free(filler, 2 * 4096)  # the full disk during the move: room for the floor and counters only
+            new = Spool(SpoolConfig(path=folder), require_room=True)
+            with pytest.raises(SpoolRoomError, match="has no room"):
+                new.take_over(old)
+            new.undo_take_over()
+            new.close()
+            assert caplog.text == ""
+        assert segments(folder) == [] and sorted(p.name for p in folder.iterdir()) == ["acks.log", "counters",
+                                                                                        "lock", "seq"]
+        assert int((folder / "seq").read_text()) == old.next_seq  # raised: a later move repeats no seq
+        assert [r["seq"] for r in old.pending()] == waiting  # the running spool untouched
+        filler.unlink()
+        new = Spool(SpoolConfig(path=folder), require_room=True)
+        assert new.take_over(old) == len(waiting)
+        assert new.pending() == old.pending()
+        old.ack(waiting[0])  # the old publisher delivers one more before it stops
+        new.finish_take_over(old)
+        assert [r["seq"] for r in new.pending()] == waiting[1:] and new.acked == 3
+        assert new.append(turn(99))["seq"] == waiting[-1] + 1
+        new.close()
+        with open_spool(tmp_path / "old") as again:
+            assert again.depth == 0  # handed over: never sent twice from two folders
+        with open_spool(folder) as again:
+            assert [r["seq"] for r in again.pending()] == [*waiting[1:], waiting[-1] + 1]
+            assert again.skipped_corrupt == 0
+
+
+def test_moving_to_a_folder_holding_higher_seqs_is_refused(tmp_path):
+    with open_spool(tmp_path / "other") as other:
+        for i in range(5):
+            other.append(turn(i))
+    with open_spool(tmp_path / "old") as old:
+        old.append(turn(7))  # seq 1 too, another turn
+        new = Spool(SpoolConfig(path=tmp_path / "other"), require_room=True)
+        with pytest.raises(SpoolError, match="holds turns up to seq 5, above the running spool's seq 1; set "
+                                             "spool.path to an empty folder"):
+            new.take_over(old)
+        new.close()
+    with open_spool(tmp_path / "other") as other:
+        assert [r["seq"] for r in other.pending()] == [1, 2, 3, 4, 5]
+
+
+def test_moving_back_to_a_folder_still_holding_the_same_turns_copies_none_twice(tmp_path):
+    """A move there and back whose release could not be written (full disk): the folder moved
+    back to still holds those very records."""
+    import shutil
+
+    with open_spool(tmp_path / "a") as a:
+        for i in range(3):
+            a.append(turn(i))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with open_spool(tmp_path / "a") as a:
+        a.append(turn(3))
+        b = Spool(SpoolConfig(path=tmp_path / "b"), require_room=True)
+        assert b.take_over(a) == 4
+        b.finish_take_over(a)
+    with b:
+        assert [r["seq"] for r in b.pending()] == [1, 2, 3, 4] and b.pending()[3] == {"seq": 4, **turn(3)}
+
+
+def test_new_limits_for_the_same_folder_apply_in_place(spool_dir):
+    with open_spool(spool_dir, max_bytes=1024 * 1024) as spool:
+        for i in range(3):
+            spool.append(turn(i))
+        spool.reconfigure(SpoolConfig(path=spool_dir, max_bytes=8 * 1024, fsync=False))
+        assert spool.segment_bytes == 1024 and spool.config.fsync is False
+        for i in range(300):
+            spool.append(turn(i))
+        assert spool.disk_bytes <= 8 * 1024 and spool.dropped_full > 0
+        assert spool.next_seq == 304

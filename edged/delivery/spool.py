@@ -57,6 +57,13 @@ Policy:
   ``skipped_corrupt``; reading resumes at the next valid record, never fatal. A record that
   no longer reads back later is skipped the same way. Corrupt ack entries are skipped too
   (their record is sent again); a torn ack-log tail is cut off.
+- Moving (a SIGHUP reload that changes ``spool.path``): the new folder is opened with
+  ``require_room`` (the files made at open must be written, else ``SpoolRoomError``) and
+  ``take_over`` raises its seq floor above the old spool's and copies the old spool's
+  unacknowledged records into it with their seqs, fsync'd; a failure removes what it wrote and
+  the reload is refused. ``finish_take_over`` (the old publisher stopped) releases here what
+  the old spool delivered meanwhile and there what it handed over, then closes it. The same
+  folder with new limits is reconfigured in place, without reopening.
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edged.config import SpoolConfig
 from edged.errors import ConfigError, EdgedError
@@ -89,6 +96,8 @@ MAX_SEQ = 2**53  # the largest seq: JSON consumers (JavaScript, float parsers) r
 COUNTERS_SIZE = 256
 _SEGMENT_NAME = re.compile(r"^seg-(\d{20})\.log$")
 _FSYNC = getattr(os, "fdatasync", os.fsync)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+_NO_ROOM_FIX = "the disk is full: free space on it or set spool.path to a folder with room"
 
 
 class SpoolError(EdgedError):
@@ -103,6 +112,10 @@ class SpoolWriteError(SpoolError):
     """One turn could not be written (disk full, I/O error); it is counted as dropped, the spool stays usable."""
 
 
+class SpoolRoomError(SpoolError):
+    """A folder to move the spool to has no room for what must be written first (disk full)."""
+
+
 @dataclass
 class _Segment:
     first: int  # seq in the file name
@@ -111,6 +124,14 @@ class _Segment:
     seqs: list[int] = field(default_factory=list)  # valid records, ascending
     pending: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (offset, length), seq order
     fd: int | None = None  # read descriptor, opened on demand
+
+
+def _unwritable(path: Path, exc: OSError) -> SpoolError:
+    """The one-line error for a folder that cannot take what must be written before it is used."""
+    if exc.errno in _NO_ROOM:
+        return SpoolRoomError(f"spool folder {path} has no room ({exc.strerror}); {_NO_ROOM_FIX}")
+    return SpoolError(f"cannot write to spool folder {path} ({exc.strerror or exc}); check the card or set "
+                      "spool.path to another folder")
 
 
 def _crc(header_tail: bytes, payload: bytes) -> int:
@@ -174,8 +195,11 @@ class Spool:
     why the last append failed, None once one succeeded again.
     """
 
-    def __init__(self, config: SpoolConfig):
+    def __init__(self, config: SpoolConfig, require_room: bool = False):
+        """``require_room``: the files written at open (seq floor, counters, ack log) must be
+        written, else SpoolRoomError (or SpoolError), where a spool in use only warns."""
         self.config = config
+        self._require_room = require_room
         self.path = Path(config.path)
         self.segment_bytes = max(config.max_bytes // 8, MIN_SEGMENT)
         self.depth = 0
@@ -184,8 +208,10 @@ class Spool:
         self.acked = 0
         self.skipped_corrupt = 0
         self.write_error: str | None = None
-        self._unsynced_acks: list[int] = []
-        self._counters_warned = False  # applied in memory, not yet in acks.log (disk full)
+        self._unsynced_acks: list[int] = []  # applied in memory, not yet in acks.log (disk full)
+        self._acks_warned = False
+        self._counters_warned = False
+        self._taken: tuple[list[int], list[int]] = ([], [])  # take_over: segments written, seqs copied
         self._highest_acked = 0
         self._lock = threading.Lock()
         self._segments: dict[int, _Segment] = {}
@@ -204,8 +230,8 @@ class Spool:
             self._recover()
         except OSError as exc:
             self._release()
-            raise SpoolFolderError(f"spool folder {self.path} is not usable ({exc.strerror or exc}); "
-                                   "fix spool.path or its permissions") from None
+            fix = _NO_ROOM_FIX if exc.errno in _NO_ROOM else "fix spool.path or its permissions"
+            raise SpoolFolderError(f"spool folder {self.path} is not usable ({exc.strerror or exc}); {fix}") from None
         except SpoolError:
             self._release()
             raise
@@ -293,18 +319,98 @@ class Spool:
         """Mark ``seq`` acknowledged, durably; unknown seqs are ignored."""
         with self._lock:
             self._check_open()
-            segment = self._segment_of(seq)
-            if segment is None or seq not in segment.pending:
-                return
-            del segment.pending[seq]
-            self.depth -= 1
-            self.acked += 1
-            self._highest_acked = max(self._highest_acked, seq)
-            self._unsynced_acks.append(seq)
-            self._write_acks()
-            if not segment.pending and segment is not self._active:
-                self._delete_segments([segment])
-            self._maybe_compact_acks()
+            self.acked += self._acknowledge([seq])
+
+    def release(self, seqs: list[int]) -> None:
+        """Mark records acknowledged on disk (one write) without counting them as delivered:
+        turns another spool delivered or took over. Unknown seqs are ignored."""
+        with self._lock:
+            self._check_open()
+            self._acknowledge(seqs)
+
+    def reconfigure(self, config: SpoolConfig) -> None:
+        """New limits (``max_bytes``, ``fsync``) for this same folder, applied in place."""
+        with self._lock:
+            self._check_open()
+            self.config = config
+            self.segment_bytes = max(config.max_bytes // 8, MIN_SEGMENT)
+            self._enforce_limit()
+
+    def take_over(self, other: Spool) -> int:
+        """Prepare to replace ``other`` (a reload moving the spool): this folder's seq floor raised
+        to ``other.next_seq`` and ``other``'s unacknowledged records copied here with their seqs,
+        fsync'd, in new segments; the number copied. Until ``finish_take_over`` ``other`` stays in
+        use, but nothing may be appended to it. SpoolRoomError (disk full) or SpoolError naming the fix when that cannot be done; what
+        was written is removed again (the raised floor stays: a gap in seqs, no repeat)."""
+        with self._lock:
+            self._check_open()
+            self._close_active()  # appends go to a new segment above the copied seqs
+            top = max((segment.seqs[-1] for segment in self._segments.values() if segment.seqs), default=0)
+            written: list[_Segment] = []
+            copied: list[int] = []
+            try:
+                self._next_seq = max(self._next_seq, other.next_seq)
+                self._write_floor()
+                for blobs in other._pending_blobs():
+                    # a record already waiting here (an earlier move back and forth) is not copied twice
+                    fresh = [(seq, blob) for seq, blob in blobs if seq > top or not self._holds(seq, blob)]
+                    copied += [seq for seq, _ in blobs]
+                    if fresh and fresh[0][0] <= top:
+                        raise SpoolError(f"spool folder {self.path} holds turns up to seq {top}, above the running "
+                                         f"spool's seq {fresh[0][0]}; set spool.path to an empty folder")
+                    self._write_copies(fresh, written)
+                self._sync_dir()
+            except OSError as exc:
+                self._discard(written)
+                raise _unwritable(self.path, exc) from None
+            except SpoolError:
+                self._discard(written)
+                raise
+            for segment in written:
+                self._segments[segment.first] = segment
+                bisect.insort(self._firsts, segment.first)
+                self.depth += len(segment.pending)
+                self._live_records += len(segment.seqs)
+            self._taken = ([s.first for s in written], copied)
+            return len(copied)
+
+    def _holds(self, seq: int, blob: bytes) -> bool:
+        """Whether record ``seq`` waits here with these very bytes (lock held)."""
+        segment = self._segment_of(seq)
+        where = segment.pending.get(seq) if segment is not None else None
+        if where is None or where[1] != len(blob):
+            return False
+        if segment.fd is None:
+            segment.fd = os.open(segment.path, os.O_RDONLY)
+        return os.pread(segment.fd, where[1], where[0]) == blob
+
+    def undo_take_over(self) -> None:
+        """Remove the segments ``take_over`` wrote (the reload was refused after all)."""
+        with self._lock:
+            firsts, _ = self._taken
+            self._taken = ([], [])
+            segments = [self._segments[first] for first in firsts if first in self._segments]
+            for segment in segments:
+                self.depth -= len(segment.pending)
+                self._live_records -= len(segment.seqs)
+                del self._segments[segment.first]
+                self._firsts.remove(segment.first)
+            self._discard(segments)
+
+    def finish_take_over(self, other: Spool) -> None:
+        """Replace ``other``, whose publisher has stopped: the copied records it delivered since
+        ``take_over`` are released here, the rest there (now held here); its deliveries count on
+        in ``acked``; ``other`` is closed."""
+        _, copied = self._taken
+        self._taken = ([], [])
+        with other._lock:
+            still = {seq for segment in other._segments.values() for seq in segment.pending}
+        self.release([seq for seq in copied if seq not in still])
+        other.release(copied)
+        with self._lock:
+            self.acked += other.acked
+            self._enforce_limit()
+        other.close()
 
     def close(self) -> None:
         """Close files and release the folder lock (idempotent)."""
@@ -385,15 +491,17 @@ class Spool:
         self._next_seq = highest + 1
         try:  # repair a lost, damaged or lowered floor now, while there is room for a new file
             self._write_floor()
-            if not (self.path / "counters").exists():
-                self._write_counters()
         except OSError as exc:
+            if self._require_room:
+                raise _unwritable(self.path, exc) from None
             log.warning("cannot write the seq floor of spool %s (%s); it is derived from the records",
                         self.path, exc.strerror or exc)
+        if not (self.path / "counters").exists():
+            self._write_counters(strict=self._require_room)
         done = [s for s in self._segments.values() if not s.pending]
         if done:
             self._delete_segments(done)
-        self._compact_acks()
+        self._compact_acks(strict=self._require_room)
         if self.depth:
             log.info("spool %s: %d unacknowledged record(s) to resend, next seq %d",
                      self.path, self.depth, self._next_seq)
@@ -489,6 +597,27 @@ class Spool:
             log.debug("spool still not writable: turn seq %d dropped", seq)
         self._write_counters()
 
+    def _acknowledge(self, seqs: list[int]) -> int:
+        """Apply acks (lock held) and write them in one go; how many were pending."""
+        done: dict[int, _Segment] = {}
+        applied = 0
+        for seq in seqs:
+            segment = self._segment_of(seq)
+            if segment is None or seq not in segment.pending:
+                continue
+            del segment.pending[seq]
+            self.depth -= 1
+            applied += 1
+            self._highest_acked = max(self._highest_acked, seq)
+            self._unsynced_acks.append(seq)
+            if not segment.pending and segment is not self._active:
+                done[segment.first] = segment
+        self._write_acks()
+        if done:
+            self._delete_segments(list(done.values()))
+        self._maybe_compact_acks()
+        return applied
+
     def _write_acks(self) -> None:
         """Append the acks applied in memory to acks.log; on failure keep them for the next try."""
         if not self._unsynced_acks or self._ack_fd is None:
@@ -504,7 +633,8 @@ class Spool:
                 os.ftruncate(self._ack_fd, size)
             except OSError:
                 pass
-            if len(self._unsynced_acks) == 1:
+            if not self._acks_warned:
+                self._acks_warned = True
                 log.warning("cannot write to spool %s (%s); acknowledgements are kept in memory until there is "
                             "room (a restart before then sends those turns again)",
                             self.path / "acks.log", exc.strerror or exc)
@@ -512,6 +642,7 @@ class Spool:
             return
         self._ack_entries += len(live)
         self._unsynced_acks = []
+        self._acks_warned = False
 
     def _writable_segment(self, seq: int) -> _Segment:
         segment = self._active
@@ -530,6 +661,47 @@ class Spool:
             self._active = segment
             self._sync_dir()
         return segment
+
+    def _write_copies(self, records: list[tuple[int, bytes]], written: list[_Segment]) -> None:
+        """Write copied records in new segments of at most ``segment_bytes``, each synced; the
+        segments go to ``written`` as soon as their file exists (for ``_discard``)."""
+        while records:
+            size, n = 0, 0
+            while n < len(records) and (n == 0 or size + len(records[n][1]) <= self.segment_bytes):
+                size += len(records[n][1])
+                n += 1
+            group, records = records[:n], records[n:]
+            path = self.path / f"seg-{group[0][0]:020d}.log"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            segment = _Segment(first=group[0][0], path=path)
+            written.append(segment)
+            try:
+                _write_all(fd, b"".join(blob for _, blob in group))
+                if self.config.fsync:
+                    _FSYNC(fd)
+            finally:
+                os.close(fd)
+            for seq, blob in group:
+                segment.pending[seq] = (segment.size, len(blob))
+                segment.seqs.append(seq)
+                segment.size += len(blob)
+
+    def _discard(self, segments: list[_Segment]) -> None:
+        """Delete segment files outright, acknowledging nothing (undoing a copy)."""
+        for segment in segments:
+            _close_fd(segment.fd)
+            segment.fd = None
+            try:
+                segment.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove %s (%s); remove it by hand", segment.path, exc.strerror or exc)
+        if segments:
+            try:
+                self._sync_dir()
+            except OSError:
+                pass
 
     def _close_active(self) -> None:
         _close_fd(self._active_fd)
@@ -575,11 +747,14 @@ class Spool:
     def _write_floor(self) -> None:
         self._overwrite(self.path / "seq", f"{self._next_seq:020d}\n".encode())
 
-    def _write_counters(self) -> None:
+    def _write_counters(self, strict: bool = False) -> None:
+        """Write the dropped counts; a failure is warned about once (``strict``: raised)."""
         data = json.dumps({"dropped_full": self.dropped_full, "dropped_nospace": self.dropped_nospace}).encode()
         try:
             self._overwrite(self.path / "counters", data.ljust(COUNTERS_SIZE - 1) + b"\n")
         except OSError as exc:
+            if strict:
+                raise _unwritable(self.path, exc) from None
             if self._counters_warned:
                 return
             self._counters_warned = True
@@ -613,8 +788,14 @@ class Spool:
         try:
             _write_all(fd, data)
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            try:  # no half-written temporary file left behind (a full disk)
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        os.close(fd)
         os.replace(tmp, path)
         self._sync_dir()
 
@@ -623,9 +804,10 @@ class Spool:
         if self._ack_entries > 1024 and self._ack_entries > 2 * live_acked:
             self._compact_acks()
 
-    def _compact_acks(self) -> None:
+    def _compact_acks(self, strict: bool = False) -> None:
         """Rewrite acks.log with the acks of live segments, plus the highest acknowledged seq
-        (a journal of the highest delivered seq for the floor); kept as it is when that fails."""
+        (a journal of the highest delivered seq for the floor); kept as it is when that fails
+        (``strict``: the failure is raised)."""
         self._write_acks()
         entries = [seq for first in self._firsts for seq in self._segments[first].seqs
                    if seq not in self._segments[first].pending and seq not in self._unsynced_acks]
@@ -634,13 +816,14 @@ class Spool:
         try:
             self._atomic_write(self.path / "acks.log", b"".join(_encode_ack(s) for s in entries))
         except OSError as exc:
+            if strict:
+                raise _unwritable(self.path, exc) from None
             log.warning("cannot compact spool %s (%s); appending to it as it is", self.path / "acks.log",
                         exc.strerror or exc)
             try:
-                (self.path / "acks.log.tmp").unlink()
-            except OSError:
-                pass
-            self._ack_entries = os.stat(self.path / "acks.log").st_size // ACK.size
+                self._ack_entries = os.stat(self.path / "acks.log").st_size // ACK.size
+            except FileNotFoundError:
+                self._ack_entries = 0
         else:
             self._ack_entries = len(entries)
         if self._ack_fd is not None:
@@ -659,7 +842,40 @@ class Spool:
         i = bisect.bisect_right(self._firsts, seq) - 1
         return self._segments[self._firsts[i]] if i >= 0 else None
 
+    def _pending_blobs(self) -> Iterator[list[tuple[int, bytes]]]:
+        """The unacknowledged records as ``(seq, whole record bytes)``, one list per segment, in
+        seq order; the lock is taken per segment. A record that no longer reads back is skipped."""
+        with self._lock:
+            self._check_open()
+            firsts = list(self._firsts)
+        for first in firsts:
+            with self._lock:
+                segment = self._segments.get(first)
+                if segment is None:
+                    continue
+                blobs = []
+                for seq, (offset, length) in list(segment.pending.items()):
+                    try:
+                        blob = self._read_blob(segment, seq, offset, length)
+                    except OSError as exc:
+                        raise SpoolError(f"cannot read spool {segment.path} ({exc.strerror or exc}); "
+                                         "check the card") from None
+                    if blob is not None:
+                        blobs.append((seq, blob))
+            if blobs:
+                yield blobs
+
+    def _read_blob(self, segment: _Segment, seq: int, offset: int, length: int) -> bytes | None:
+        """The bytes of record ``seq``, checked; None (skipped with a warning) if they changed."""
+        found = self._read_checked(segment, seq, offset, length)
+        return None if found is None else found[0]
+
     def _read(self, segment: _Segment, seq: int, offset: int, length: int) -> dict[str, Any] | None:
+        found = self._read_checked(segment, seq, offset, length)
+        return None if found is None else found[1]
+
+    def _read_checked(self, segment: _Segment, seq: int, offset: int,
+                      length: int) -> tuple[bytes, dict[str, Any]] | None:
         if segment.fd is None:
             segment.fd = os.open(segment.path, os.O_RDONLY)
         blob = os.pread(segment.fd, length, offset)
@@ -676,7 +892,7 @@ class Spool:
             del segment.pending[seq]
             self.depth -= 1
             return None
-        return record
+        return blob, record
 
     def _check_open(self) -> None:
         if self._closed:

@@ -5,8 +5,10 @@ publisher (spooled and fsync'd before they are sent), feed the watchdog, publish
 runs on its own thread behind a bounded queue; paho runs its network loop on another.
 
 Signals: SIGTERM/SIGINT stop (flush the open turns, publish them, ``offline``), SIGHUP reloads
-the config (speaker state is kept when the stream geometry is unchanged; a config that fails
-validation is logged and the old one kept).
+the config (speaker state is kept when the stream geometry is unchanged). A reload whose config
+fails validation, or needs what cannot be built (models, a spool folder without room), is logged
+on one line and refused as a whole: the running config, spool and publisher stay. A new
+``spool.path`` takes the unacknowledged turns over (``Spool.take_over``), with their seqs.
 
 A turn the spool cannot write (disk full) is counted as dropped and the daemon keeps running;
 shutdown closes the publisher (``offline``) and the spool whatever failed before.
@@ -17,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from edged.config import DaemonConfig
-from edged.delivery.spool import SpoolWriteError
+from edged.delivery.spool import Spool, SpoolWriteError
 from edged.diarize.events import Event, TurnEvent
 from edged.diarize.stream import Stream
 from edged.errors import AudioError, ConfigError, EdgedError
@@ -33,6 +36,9 @@ from edged.service.notify import Notifier
 from edged.service.speakers import SpeakerService
 from edged.settings import load_config
 from edged.sources.base import AudioSource
+
+if TYPE_CHECKING:
+    from edged.delivery.mqtt import MqttPublisher
 
 log = logging.getLogger("edged.service.daemon")
 READ_TIMEOUT_S = 0.2
@@ -49,6 +55,28 @@ def open_source(config: DaemonConfig, sample_rate: int, replay_speed: float = 1.
     from edged.sources.alsa import AlsaCapture
 
     return AlsaCapture(audio, sample_rate)
+
+
+@dataclasses.dataclass
+class NewDelivery:
+    """What a reload built before touching the running delivery (None: the running one stays)."""
+
+    spool: Spool | None  # another folder, holding a copy of the running spool's unacknowledged turns
+    publisher: MqttPublisher | None  # not started
+
+    def undo(self) -> None:
+        """The reload is refused after all: remove the copy, close the new spool."""
+        if self.spool is not None:
+            self.spool.undo_take_over()
+            self.spool.close()
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    """Whether two spool paths name one folder (links and bind mounts too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return a == b or os.path.realpath(a) == os.path.realpath(b)
 
 
 class Daemon:
@@ -173,7 +201,6 @@ class Daemon:
 
     def _open_spool_and_publisher(self, c: DaemonConfig) -> None:
         from edged.delivery.mqtt import MqttPublisher
-        from edged.delivery.spool import Spool
 
         self.spool = Spool(c.spool)
         self.publisher = MqttPublisher(c.mqtt, c.device, self.spool)
@@ -248,18 +275,67 @@ class Daemon:
             log.info("reload: audio source reopened")
         self.stream.replace_source(source)
 
+    def _prepare_delivery(self, old: DaemonConfig, new: DaemonConfig) -> NewDelivery:
+        """The spool and publisher the new config needs, built with the running ones untouched:
+        another folder is opened and takes a copy of the unacknowledged turns. EdgedError (what
+        was built is undone) when that cannot be done, e.g. that folder has no room."""
+        from edged.delivery.mqtt import MqttPublisher
+
+        spool = None
+        if not same_folder(new.spool.path, old.spool.path):
+            spool = Spool(new.spool, require_room=True)
+            try:
+                spool.take_over(self.spool)
+            except EdgedError:
+                spool.close()
+                raise
+        publisher = None
+        if spool is not None or new.mqtt != old.mqtt or new.device != old.device:
+            try:
+                publisher = MqttPublisher(new.mqtt, new.device, spool or self.spool)
+            except EdgedError:
+                NewDelivery(spool, None).undo()
+                raise
+        return NewDelivery(spool, publisher)
+
+    def _switch_delivery(self, old: DaemonConfig, new: DaemonConfig, prepared: NewDelivery) -> None:
+        """Put the prepared spool and publisher in place (nothing here can be refused)."""
+        if prepared.spool is None and new.spool != old.spool:
+            self.spool.reconfigure(new.spool)
+            log.info("reload: spool limits applied")
+        if prepared.publisher is None:
+            return
+        self.publisher.stop()
+        if prepared.spool is not None:
+            prepared.spool.finish_take_over(self.spool)
+            self.spool = prepared.spool
+            log.info("reload: spool moved to %s (%d unacknowledged turn(s) there)", self.spool.path, self.spool.depth)
+        self.publisher = prepared.publisher
+        self.publisher.start()
+        self.speakers.attach(self.publisher, new)
+        log.info("reload: MQTT publisher restarted")
+
+    def _refuse_reload(self, exc: Exception) -> None:
+        log.error("reload failed, keeping the running config: %s", exc)
+        self.notifier.send("READY=1", "STATUS=reload failed; running with the previous config")
+
     # --- SIGHUP ----------------------------------------------------------------------------
     def reload(self) -> None:
-        """Re-read the config; rebuild only what changed. A bad config keeps the old one."""
+        """Re-read the config; rebuild only what changed. A bad config, or one that needs what
+        cannot be built (models, a spool folder without room), keeps the running one whole."""
         self.notifier.reloading()
         try:
             new = load_config(self.config_path, self.overrides)
         except Exception as exc:
-            log.error("reload failed, keeping the running config: %s", exc)
-            self.notifier.send("READY=1", "STATUS=reload failed; running with the previous config")
+            self._refuse_reload(exc)
             return
         old = self.config
         try:  # build what the new config needs before dropping the running pipeline
+            delivery = self._prepare_delivery(old, new)  # first: undone if the rest fails
+        except EdgedError as exc:
+            self._refuse_reload(exc)
+            return
+        try:
             models = self.models
             if new.models != old.models or (new.pipeline.gamma, new.pipeline.beta) != (old.pipeline.gamma, old.pipeline.beta):
                 models = self._load_models(new)
@@ -270,12 +346,15 @@ class Daemon:
                 what = "stream geometry or clustering changed, speaker state reset"
             else:
                 diarizer, what = None, "pipeline parameters applied, speakers kept"
-        except EdgedError as exc:
-            log.error("reload failed, keeping the running config: %s", exc)
-            self.notifier.send("READY=1", "STATUS=reload failed; running with the previous config")
+        except BaseException as exc:
+            delivery.undo()
+            if not isinstance(exc, EdgedError):
+                raise
+            self._refuse_reload(exc)
             return
         self.config = new
         self._apply_logging()
+        self._switch_delivery(old, new, delivery)  # first: the turns flushed below go to the new spool
         if diarizer is not None:
             self._emit(self.stream.replace_diarizer(diarizer))
             self.models = models
@@ -283,11 +362,6 @@ class Daemon:
         elif new.pipeline != old.pipeline:
             self.stream.diarizer.update_params(new.pipeline)
             log.info("reload: %s", what)
-        if new.mqtt != old.mqtt or new.spool != old.spool or new.device != old.device:
-            self.publisher.stop()
-            self.spool.close()
-            self._open_spool_and_publisher(new)
-            log.info("reload: MQTT publisher restarted")
         if new.audio != old.audio:
             self._reopen_source(old, new)
         if new.logging.events_file != old.logging.events_file:
