@@ -4,7 +4,6 @@ carries its name in the RTTM and events; other voices stay anonymous; one name p
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,22 +158,6 @@ def test_missing_profiles_folder_is_one_line(bundle, scene, tmp_path):
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert "not a folder" in proc.stderr and "edged enroll" in proc.stderr
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture(scope="module")
-def uisrnn_bundle(bundle, data_dir, tmp_path_factory):
-    """The test bundle plus a UIS-RNN trained for real through the CLI on tiny data (as test_uisrnn)."""
-    out = tmp_path_factory.mktemp("uisrnn") / "bundle"
-    shutil.copytree(bundle, out)
-    ami = data_dir / "ami-debug"
-    cmd = [sys.executable, "-m", "edged_export.cli", "uisrnn", "--out", str(out),
-           "--train", str(ami / "trn03.wav"), "--reference", str(ami / "reference.rttm"),
-           "--conversations", str(data_dir / "librispeech"), "--conversation-count", "1",
-           "--conversation-duration", "20", "--iterations", "20", "--hidden-size", "32",
-           "--parity-sequences", "2"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
 
 
 @pytest.mark.parametrize("clustering", ["incremental", "uisrnn"])

@@ -689,12 +689,8 @@ class Spool:
     def _discard(self, segments: list[_Segment]) -> None:
         """Delete segment files outright, acknowledging nothing (undoing a copy)."""
         for segment in segments:
-            _close_fd(segment.fd)
-            segment.fd = None
             try:
-                segment.path.unlink()
-            except FileNotFoundError:
-                pass
+                _unlink_segment(segment)
             except OSError as exc:
                 log.warning("cannot remove %s (%s); remove it by hand", segment.path, exc.strerror or exc)
         if segments:
@@ -731,12 +727,7 @@ class Spool:
                         self.path, exc.strerror or exc, len(segments))
             return False
         for segment in segments:
-            _close_fd(segment.fd)
-            segment.fd = None
-            try:
-                segment.path.unlink()
-            except FileNotFoundError:
-                pass
+            _unlink_segment(segment)
             self.depth -= len(segment.pending)
             self._live_records -= len(segment.seqs)
             del self._segments[segment.first]
@@ -918,3 +909,13 @@ def _close_fd(fd: int | None) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def _unlink_segment(segment: _Segment) -> None:
+    """Close a segment's file and delete it (already gone: fine; other OSError: raised)."""
+    _close_fd(segment.fd)
+    segment.fd = None
+    try:
+        segment.path.unlink()
+    except FileNotFoundError:
+        pass
