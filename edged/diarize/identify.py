@@ -17,7 +17,7 @@ back-end). While that accumulated voice reaches ``voice_threshold`` against a pr
 anonymous speaker is recognised and its chunks go to the name's column; the decision is taken
 again at every chunk the speaker receives, so a voice that drifts away from the profile loses
 the name (an early, noisy match is not final). An accumulated voice is steadier than one chunk,
-so ``voice_threshold`` is the lower of the two. ``alias`` names an anonymous speaker on request
+so ``voice_threshold`` can be the lower of the two. ``alias`` names an anonymous speaker on request
 (over MQTT); such a name is kept. Within one chunk, two local speakers never share a column.
 """
 
@@ -172,13 +172,14 @@ class IdentifyingBackend:
         return self.inner_max + self.capacity
 
     def label(self, speaker: int) -> str:
+        """A name slot's name; an anonymous column is always ``speaker_N`` (a recognised or named
+        anonymous speaker's chunks are moved to the name's column, so a turn never takes a name
+        for chunks that were not mapped to it)."""
         speaker = int(speaker)
         if speaker >= self.inner_max:
             name = self.slot_names[speaker - self.inner_max]
             return name if name is not None else speaker_label(speaker)
-        slot = self.alias_slots.get(speaker)
-        name = None if slot is None else self.slot_names[slot]
-        return name if name is not None else speaker_label(speaker)
+        return speaker_label(speaker)
 
     @property
     def aliases(self) -> dict[int, str]:
@@ -198,12 +199,13 @@ class IdentifyingBackend:
         self._pinned.add(int(speaker))
 
     def anonymous_id(self, label: str) -> int | None:
-        """``speaker_N`` -> N when that anonymous speaker has been heard, else None."""
+        """``speaker_N`` -> N when that anonymous speaker has been heard and not named on request
+        (one recognised by its voice may still be named), else None."""
         m = _ANONYMOUS.fullmatch(label or "")
         if not m:
             return None
         n = int(label.split("_")[1])
-        return n if n in self._counts and n not in self.alias_slots else None
+        return n if n in self._counts and n not in self._pinned else None
 
     def anonymous_embedding(self, speaker: int) -> tuple[np.ndarray, int] | None:
         """Sum of the unit embeddings an anonymous speaker received, and how many."""

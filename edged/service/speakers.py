@@ -170,7 +170,7 @@ class SpeakerService:
         speaker = wrapper.anonymous_id(command["speaker"])
         if speaker is None:
             heard = [wrapper.label(g) for g in sorted(wrapper.anonymous_state()["ids"].tolist())
-                     if g not in wrapper.alias_slots]
+                     if g not in wrapper.named_aliases]
             raise ProfileError(f"unknown speaker {command['speaker']!r}; anonymous speakers heard now: "
                                f"{', '.join(heard) if heard else 'none'}")
         name = command["name"]
@@ -263,11 +263,7 @@ class SpeakerService:
         if new in wrapper.identifier.names or store.get(new) is not None:
             raise ProfileError(f"{new!r} is already enrolled; forget it first or choose another new_name")
         if stored:
-            try:
-                store.rename(old, new)
-            except OSError as exc:
-                raise ProfileError(f"cannot rename the profile of {old!r} in {store.folder} ({exc.strerror}); "
-                                   "fix the folder's permissions or free space") from None
+            store.rename(old, new)  # ProfileError (one line) when the folder cannot be written
         wrapper.rename(old, new)
         if self.identifier is not wrapper.identifier:
             self.identifier.rename(old, new)
