@@ -11,7 +11,7 @@ otherwise (or when it is corrupt) one warning line and a fresh start.
 
 Files of format 1 (before the back-end was recorded) held only the incremental back-end's state,
 whose size is its ``used`` mask: they are still read as incremental states, so an upgrade keeps
-the speakers.
+the speakers (their aliases are not restored: recognitions are recomputed from the voices).
 """
 
 from __future__ import annotations
@@ -84,7 +84,10 @@ def _read(path: Path) -> tuple[float, str | None, SpeakerState]:
             state = SpeakerState(meta["backend"], groups["clustering"], groups["anonymous"])
         else:
             raise ValueError(f"format {meta.get('format')!r}")
-    state.aliases = {int(k): str(v) for k, v in meta.get("aliases", {}).items()}
+    if meta.get("format") == FORMAT:
+        state.aliases = {int(k): str(v) for k, v in meta.get("aliases", {}).items()}
+    # format 1 mixed recognitions with names given on request: none is pinned; the voices are
+    # recognised again from their accumulated embeddings (a named voice matches its own profile)
     return float(meta["saved_at"]), meta.get("embedding_sha256"), state
 
 
