@@ -450,6 +450,7 @@ def test_moving_onto_a_full_disk_is_refused_and_undone_then_moves_every_waiting_
         assert new.pending() == old.pending()
         old.ack(waiting[0])  # the old publisher delivers one more before it stops
         new.finish_take_over(old)
+        assert segments(tmp_path / "old") == []  # its last segment too: nothing there to send again
         assert [r["seq"] for r in new.pending()] == waiting[1:] and new.acked == 3
         assert new.append(turn(99))["seq"] == waiting[-1] + 1
         new.close()

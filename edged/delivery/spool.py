@@ -403,14 +403,18 @@ class Spool:
         in ``acked``; ``other`` is closed."""
         _, copied = self._taken
         self._taken = ([], [])
-        with other._lock:
-            still = {seq for segment in other._segments.values() for seq in segment.pending}
-        self.release([seq for seq in copied if seq not in still])
-        other.release(copied)
-        with self._lock:
-            self.acked += other.acked
-            self._enforce_limit()
-        other.close()
+        try:
+            with other._lock:
+                # nothing is appended there any more: its last segment can go once released
+                other._close_active()
+                still = {seq for segment in other._segments.values() for seq in segment.pending}
+            self.release([seq for seq in copied if seq not in still])
+            other.release(copied)
+            with self._lock:
+                self.acked += other.acked
+                self._enforce_limit()
+        finally:
+            other.close()
 
     def close(self) -> None:
         """Close files and release the folder lock (idempotent)."""
@@ -726,13 +730,20 @@ class Spool:
             log.warning("cannot write the seq floor of spool %s (%s); keeping %d segment(s) until it can be",
                         self.path, exc.strerror or exc, len(segments))
             return False
-        for segment in segments:
-            _unlink_segment(segment)
-            self.depth -= len(segment.pending)
-            self._live_records -= len(segment.seqs)
-            del self._segments[segment.first]
-            self._firsts.remove(segment.first)
-        self._sync_dir()
+        deleted = 0
+        try:
+            for segment in segments:
+                _unlink_segment(segment)
+                self.depth -= len(segment.pending)
+                self._live_records -= len(segment.seqs)
+                del self._segments[segment.first]
+                self._firsts.remove(segment.first)
+                deleted += 1
+            self._sync_dir()
+        except OSError as exc:  # EIO, a card gone read-only: the rest stays (a restart reads its acks)
+            log.warning("cannot delete delivered segments of spool %s (%s); %d kept on disk",
+                        self.path, exc.strerror or exc, len(segments) - deleted)
+            return False
         return True
 
     def _write_floor(self) -> None:
