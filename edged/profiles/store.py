@@ -171,6 +171,18 @@ class ProfileStore:
         if done:
             log.info("profiles folder %s, after a crash: %s", self.folder, "; ".join(done))
 
+    def _moving_names(self) -> set[str]:
+        """New names of renamed profiles still at their old name's path (the tidying failed)."""
+        names = set()
+        for path in self._files():
+            try:
+                profile, renamed_from = self._read(path)
+            except ProfileError:
+                continue
+            if self._moving(path, renamed_from):
+                names.add(profile.name)
+        return names
+
     def _moving(self, path: Path, renamed_from: str | None) -> bool:
         """Is ``path`` a renamed profile still at its old name's path (the rename's move not done)?"""
         return renamed_from is not None and path.name == profile_path(self.folder, renamed_from).name
@@ -230,11 +242,15 @@ class ProfileStore:
         self._ensure()
         with self._locked():
             self._check_free(profile.name, replace)
-            atomic_write(path, (json.dumps(profile.to_dict(), ensure_ascii=False) + "\n").encode())
+            try:
+                atomic_write(path, (json.dumps(profile.to_dict(), ensure_ascii=False) + "\n").encode())
+            except OSError as exc:
+                raise _unwritable(path, exc) from None
         return path
 
     def _check_free(self, name: str, replace: bool) -> None:
-        if profile_path(self.folder, name).exists() and not replace:
+        """ProfileError when ``name`` is enrolled (also as a rename whose move is not finished)."""
+        if not replace and (profile_path(self.folder, name).exists() or name in self._moving_names()):
             raise ProfileError(f"speaker {name!r} is already enrolled; add --replace to overwrite it, "
                                "or choose another name")
 
@@ -243,8 +259,11 @@ class ProfileStore:
         with self._locked():
             if not path.exists():
                 raise ProfileError(self._unknown(name))
-            path.unlink()
-            _fsync_dir(self.folder)
+            try:
+                path.unlink()
+                _fsync_dir(self.folder)
+            except OSError as exc:
+                raise _unwritable(path, exc) from None
 
     def rename(self, old: str, new: str, replace: bool = False) -> Profile:
         """Give ``old``'s voice the name ``new``, crash-safe (see the class)."""
@@ -260,15 +279,27 @@ class ProfileStore:
             renamed = Profile(new, profile.vector, profile.embedding_sha256, profile.speech_s, time.time(),
                               profile.sources)
             data = {**renamed.to_dict(), "renamed_from": old}
-            atomic_write(path, (json.dumps(data, ensure_ascii=False) + "\n").encode())  # the voice is now `new`
-            os.replace(path, profile_path(self.folder, new))
-            _fsync_dir(self.folder)
+            try:
+                atomic_write(path, (json.dumps(data, ensure_ascii=False) + "\n").encode())  # the voice is now `new`
+            except OSError as exc:
+                raise _unwritable(path, exc) from None
+            try:
+                os.replace(path, profile_path(self.folder, new))
+                _fsync_dir(self.folder)
+            except OSError as exc:  # done all the same: loads read it as `new`, the next call moves it
+                log.warning("profile %r renamed to %r, but its file stays at %s until the folder is writable (%s)",
+                            old, new, path, exc.strerror or exc)
         return renamed
 
     def _unknown(self, name: str) -> str:
         known = [p.name for p in self._scan()[0]]
         return (f"no enrolled speaker {name!r} in {self.folder}; "
                 + (f"enrolled: {', '.join(known)}" if known else "none enrolled yet (edged enroll NAME AUDIO...)"))
+
+
+def _unwritable(path: Path, exc: OSError) -> ProfileError:
+    return ProfileError(f"cannot write the profile {path} ({exc.strerror or exc}); "
+                        "free space or fix the profiles folder's permissions, then try again")
 
 
 def _fsync_dir(folder: Path) -> None:
