@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from edged.config import DEFAULT_PATH
+from edged.config import DEFAULT_PATH, SpeakersConfig
 from edged.diarize.params import PipelineParams
 from edged.diarize.presets import CHOICES as PRESET_CHOICES
 from edged.diarize.presets import resolve as resolve_preset
@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--profiles", type=Path, default=None,
                    help="voice profiles folder (edged enroll): enrolled voices get their names in RTTM and events")
     d.add_argument("--threshold", type=float, default=None,
-                   help="cosine similarity one chunk of a voice needs to take an enrolled name (default: speakers.threshold)")
+                   help="cosine similarity one chunk of a voice needs to take an enrolled name "
+                        f"(default {SpeakersConfig.threshold:g}, the built-in speakers.threshold)")
     d.add_argument("--voice-threshold", type=float, default=None,
                    help="cosine similarity an anonymous speaker's accumulated voice needs to take an enrolled name "
-                        "(default: speakers.voice_threshold)")
+                        f"(default {SpeakersConfig.voice_threshold:g}, the built-in speakers.voice_threshold)")
     d.add_argument("-v", "--verbose", action="store_true")
 
     for name, text in (("run", "run the daemon: audio -> speaker turns on MQTT (the systemd unit's ExecStart)"),
@@ -239,7 +240,6 @@ def cmd_diarize(args: argparse.Namespace) -> int:
     params = diarize_params(args, None if models.bundle.presets is None else models.bundle.presets.by_latency)
     identifier = None
     if args.profiles is not None:
-        from edged.config import SpeakersConfig
         from edged.profiles.store import ProfileStore
         from edged.service.enroll import load_identifier
 
