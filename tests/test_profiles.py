@@ -21,6 +21,9 @@ from edged.profiles.store import Profile, ProfileError, ProfileStore, profile_pa
 from edged.service.enroll import embedding_sha256, enroll_files, load_identifier
 from edged.sources.file import read_audio
 
+sys.path.insert(0, str(Path(__file__).parent))
+from smallfs import fill, small_tmpfs  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 EDGED = [sys.executable, "-m", "edged.cli"]
 
@@ -306,3 +309,21 @@ def test_the_tidying_waits_for_a_live_writer(tmp_path):
     os.close(fd)
     reader.join(10)
     assert not reader.is_alive() and not writing.exists()
+
+
+def test_a_full_disk_is_one_line_and_changes_nothing(tmp_path):
+    """A real full file system: enrolling and renaming fail with one ProfileError naming the file
+    and the fix (an OSError used to escape, stopping the daemon's command loop)."""
+    with small_tmpfs(tmp_path / "fs", "256k") as fs:
+        store = ProfileStore(fs / "speakers")
+        store.save(Profile("Alice", np.ones(8), "a" * 64, 6.0, 0.0))
+        before = sorted((p.name, p.read_bytes()) for p in store.folder.iterdir())
+        fill(fs)
+        with pytest.raises(ProfileError) as err:
+            store.save(Profile("Bob", np.ones(8), "a" * 64, 6.0, 0.0))
+        assert "cannot write the profile" in str(err.value) and "No space left on device" in str(err.value)
+        assert "free space" in str(err.value) and "\n" not in str(err.value)
+        with pytest.raises(ProfileError, match="No space left on device"):
+            store.rename("Alice", "Alicia")
+        assert sorted((p.name, p.read_bytes()) for p in store.folder.iterdir()) == before
+        assert store.names() == ["Alice"]
