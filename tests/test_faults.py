@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -112,6 +114,26 @@ def start(config: Path, log: Path, speed: float = 2.0, *extra: str) -> subproces
                             cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
 
 
+@contextmanager
+def running(config: Path, log: Path, speed: float = 2.0, *extra: str) -> Iterator[subprocess.Popen]:
+    """The daemon (``start``), killed on the way out when the test fails before ``stop``."""
+    proc = start(config, log, speed, *extra)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def stop(proc: subprocess.Popen, log: Path) -> str:
+    """SIGTERM: the daemon exits 0 without a traceback; its log."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    return text
+
+
 def run_once(config: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*EDGED, *extra, "--config", str(config)], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
@@ -145,8 +167,7 @@ def test_disk_full_drops_new_turns_keeps_draining_and_resumes_without_restart(bu
     with small_tmpfs(tmp_path / "fs", "512k") as fs:
         config = write_config(tmp_path, bundle, broker.port, long_wav, spool=fs / "spool")
         log = tmp_path / "daemon.log"
-        proc = start(config, log, 1.0)
-        try:
+        with running(config, log, 1.0) as proc:
             wait_for(lambda: len(sub.seqs()) >= 1, TIMEOUT, what="a first delivered turn")
             broker.pause()  # a hung broker: turns stay in the spool
             spooled = len(events(tmp_path))
@@ -166,13 +187,7 @@ def test_disk_full_drops_new_turns_keeps_draining_and_resumes_without_restart(bu
             wait_for(lambda: sub.health() and sub.health()[-1]["ok"], TIMEOUT, what="health ok again")
             # H: full again at shutdown; the flush cannot be spooled, offline still comes cleanly
             filler = fill(fs)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(120) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        text = log.read_text()
-        assert "Traceback" not in text, text[-3000:]
+            text = stop(proc, log)
         assert "turns are dropped until there is room: free space on the card or move spool.path" in text
         assert "is writable again" in text
         made = events(tmp_path)
@@ -214,12 +229,11 @@ def test_reload_moving_the_spool_onto_a_full_disk_is_refused_then_applied_with_r
         moved = fs / "spool"
         config = write_config(tmp_path, bundle, broker.port, long_wav)
         log = tmp_path / "daemon.log"
-        proc = start(config, log, 2.0)
 
         def refusals() -> list[str]:
             return [line for line in log.read_text().splitlines() if "reload failed" in line]
 
-        try:
+        with running(config, log, 2.0) as proc:
             wait_for(lambda: len(sub.seqs()) >= 1, TIMEOUT, what="a first delivered turn")
             broker.pause()  # a hung broker: turns wait in the running spool
             held = len(events(tmp_path))
@@ -244,13 +258,7 @@ def test_reload_moving_the_spool_onto_a_full_disk_is_refused_then_applied_with_r
             broker.resume()
             wait_for(lambda: len(events(tmp_path)) >= len(carried) + 1, TIMEOUT, what="a turn after the move")
             wait_for(lambda: set(carried) <= set(sub.seqs()), TIMEOUT, what="the carried turns delivered")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(120) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        text = log.read_text()
-        assert "Traceback" not in text, text[-3000:]
+            text = stop(proc, log)
         expected = (f"edged: ERROR: edged.service.daemon: reload failed, keeping the running config: spool folder "
                     f"{moved} has no room (No space left on device); the disk is full: free space on it or set "
                     "spool.path to a folder with room")
@@ -396,8 +404,7 @@ def test_daemon_messages_name_the_cause(bundle, data_dir, broker, tmp_path):
     config = write_config(tmp_path, bundle, broker.port, data_dir / "sample" / "sample.wav",
                           mqtt={"username": "u", "password": "hunter2-Pw"})
     log = tmp_path / "daemon.log"
-    proc = start(config, log, 1.0)
-    try:
+    with running(config, log, 1.0) as proc:
         wait_for(lambda: f"connected to mqtt://127.0.0.1:{broker.port}" in log.read_text(), TIMEOUT, what="connect")
         other = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"edged-{DEVICE}", protocol=paho.MQTTv5)
         other.connect("127.0.0.1", broker.port)
@@ -405,12 +412,7 @@ def test_daemon_messages_name_the_cause(bundle, data_dir, broker, tmp_path):
         wait_for(lambda: "another client connected with client id" in log.read_text(), 60, what="takeover line")
         other.disconnect()
         other.loop_stop()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(120) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log.read_text()
+        text = stop(proc, log)
     assert "mqtt.password is written in the config file; move it to mqtt.password_file" in text
     assert "hunter2-Pw" not in text and "Unspecified error" not in text
     assert "give each device its own device_id or mqtt.client_id" in text
