@@ -198,14 +198,18 @@ class IdentifyingBackend:
         self.alias_slots[int(speaker)] = self.slot_names.index(name)
         self._pinned.add(int(speaker))
 
+    def nameable(self) -> list[int]:
+        """The anonymous speakers heard and not named on request (one recognised by its voice may
+        still be named), by id."""
+        return sorted(g for g in self._counts if g not in self._pinned)
+
     def anonymous_id(self, label: str) -> int | None:
-        """``speaker_N`` -> N when that anonymous speaker has been heard and not named on request
-        (one recognised by its voice may still be named), else None."""
+        """``speaker_N`` -> N when that speaker is ``nameable``, else None."""
         m = _ANONYMOUS.fullmatch(label or "")
         if not m:
             return None
         n = int(label.split("_")[1])
-        return n if n in self._counts and n not in self._pinned else None
+        return n if n in self.nameable() else None
 
     def anonymous_embedding(self, speaker: int) -> tuple[np.ndarray, int] | None:
         """Sum of the unit embeddings an anonymous speaker received, and how many."""

@@ -169,8 +169,7 @@ class SpeakerService:
         wrapper = stream.diarizer.identifying
         speaker = wrapper.anonymous_id(command["speaker"])
         if speaker is None:
-            heard = [wrapper.label(g) for g in sorted(wrapper.anonymous_state()["ids"].tolist())
-                     if g not in wrapper.named_aliases]
+            heard = [wrapper.label(g) for g in wrapper.nameable()]
             raise ProfileError(f"unknown speaker {command['speaker']!r}; anonymous speakers heard now: "
                                f"{', '.join(heard) if heard else 'none'}")
         name = command["name"]
