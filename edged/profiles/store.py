@@ -154,14 +154,9 @@ class ProfileStore:
             for path in self.folder.glob(".tmp-*" + SUFFIX):
                 path.unlink()
                 done.append(f"removed the temporary file {path.name}")
-            for path in self._files():
-                try:
-                    profile, renamed_from = self._read(path)
-                except ProfileError:
-                    continue  # scan reports it
-                if self._moving(path, renamed_from):
-                    os.replace(path, profile_path(self.folder, profile.name))
-                    done.append(f"finished renaming {renamed_from!r} to {profile.name!r}")
+            for path, profile, renamed_from in self._unfinished_renames():
+                os.replace(path, profile_path(self.folder, profile.name))
+                done.append(f"finished renaming {renamed_from!r} to {profile.name!r}")
             if done:
                 _fsync_dir(self.folder)
         except OSError as exc:
@@ -171,17 +166,18 @@ class ProfileStore:
         if done:
             log.info("profiles folder %s, after a crash: %s", self.folder, "; ".join(done))
 
-    def _moving_names(self) -> set[str]:
-        """New names of renamed profiles still at their old name's path (the tidying failed)."""
-        names = set()
+    def _unfinished_renames(self) -> list[tuple[Path, Profile, str]]:
+        """(path, profile, old name) of renamed profiles still at their old name's path (unreadable
+        files are skipped: ``scan`` reports them)."""
+        found = []
         for path in self._files():
             try:
                 profile, renamed_from = self._read(path)
             except ProfileError:
                 continue
             if self._moving(path, renamed_from):
-                names.add(profile.name)
-        return names
+                found.append((path, profile, renamed_from))
+        return found
 
     def _moving(self, path: Path, renamed_from: str | None) -> bool:
         """Is ``path`` a renamed profile still at its old name's path (the rename's move not done)?"""
@@ -250,7 +246,8 @@ class ProfileStore:
 
     def _check_free(self, name: str, replace: bool) -> None:
         """ProfileError when ``name`` is enrolled (also as a rename whose move is not finished)."""
-        if not replace and (profile_path(self.folder, name).exists() or name in self._moving_names()):
+        if not replace and (profile_path(self.folder, name).exists()
+                            or any(profile.name == name for _, profile, _ in self._unfinished_renames())):
             raise ProfileError(f"speaker {name!r} is already enrolled; add --replace to overwrite it, "
                                "or choose another name")
 
