@@ -367,10 +367,7 @@ class Spool:
                 self._discard(written)
                 raise
             for segment in written:
-                self._segments[segment.first] = segment
-                bisect.insort(self._firsts, segment.first)
-                self.depth += len(segment.pending)
-                self._live_records += len(segment.seqs)
+                self._index(segment)
             self._taken = ([s.first for s in written], copied)
             return len(copied)
 
@@ -391,10 +388,7 @@ class Spool:
             self._taken = ([], [])
             segments = [self._segments[first] for first in firsts if first in self._segments]
             for segment in segments:
-                self.depth -= len(segment.pending)
-                self._live_records -= len(segment.seqs)
-                del self._segments[segment.first]
-                self._firsts.remove(segment.first)
+                self._unindex(segment)
             self._discard(segments)
 
     def finish_take_over(self, other: Spool) -> None:
@@ -488,10 +482,7 @@ class Spool:
                 if seq not in acked:
                     segment.pending[seq] = (offset, length)
             highest = max(highest, min(first, MAX_SEQ), last_seq)
-            self._segments[first] = segment
-            self._firsts.append(first)
-            self.depth += len(segment.pending)
-            self._live_records += len(segment.seqs)
+            self._index(segment)
         self._next_seq = highest + 1
         try:  # repair a lost, damaged or lowered floor now, while there is room for a new file
             self._write_floor()
@@ -660,8 +651,7 @@ class Spool:
             self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             size = os.fstat(self._active_fd).st_size
             segment = _Segment(first=seq, path=path, size=size)
-            self._segments[seq] = segment
-            bisect.insort(self._firsts, seq)
+            self._index(segment)
             self._active = segment
             self._sync_dir()
         return segment
@@ -703,6 +693,20 @@ class Spool:
             except OSError:
                 pass
 
+    def _index(self, segment: _Segment) -> None:
+        """Count a segment in (lock held): its records and those still to send."""
+        self._segments[segment.first] = segment
+        bisect.insort(self._firsts, segment.first)
+        self.depth += len(segment.pending)
+        self._live_records += len(segment.seqs)
+
+    def _unindex(self, segment: _Segment) -> None:
+        """Count a segment out (lock held); its file is the caller's."""
+        self.depth -= len(segment.pending)
+        self._live_records -= len(segment.seqs)
+        del self._segments[segment.first]
+        self._firsts.remove(segment.first)
+
     def _close_active(self) -> None:
         _close_fd(self._active_fd)
         self._active_fd = None
@@ -734,10 +738,7 @@ class Spool:
         try:
             for segment in segments:
                 _unlink_segment(segment)
-                self.depth -= len(segment.pending)
-                self._live_records -= len(segment.seqs)
-                del self._segments[segment.first]
-                self._firsts.remove(segment.first)
+                self._unindex(segment)
                 deleted += 1
             self._sync_dir()
         except OSError as exc:  # EIO, a card gone read-only: the rest stays (a restart reads its acks)
