@@ -170,12 +170,12 @@ class UISRNNDecoder:
         """Start a new stream from speakers saved by ``state``: one hypothesis, decoded on as if
         the old stream had paused. ValueError or KeyError, changing nothing, when they do not
         fit this decoder."""
-        means, hidden, counts, blocks, last = (np.asarray(state[key]) for key in STATE)
+        arrays = {key: np.asarray(state[key]) for key in STATE}
+        means, hidden, counts, blocks, last = arrays.values()
         k = len(counts)
         shapes = {"means": (k, self.net.dim), "hidden": (k, *self.net.new_hidden.shape), "counts": (k,),
                   "blocks": (k,), "last": ()}
-        got = {"means": means.shape, "hidden": hidden.shape, "counts": counts.shape, "blocks": blocks.shape,
-               "last": last.shape}
+        got = {key: a.shape for key, a in arrays.items()}
         if got != shapes or k > self.max_speakers:
             raise ValueError(f"saved UIS-RNN speakers have shapes {got}; this decoder needs {shapes} "
                              f"with at most {self.max_speakers} speakers")

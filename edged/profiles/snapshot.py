@@ -69,6 +69,8 @@ def _read(path: Path) -> tuple[float, str | None, SpeakerState]:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         if meta.get("format") == FORMAT_1:
+            # its aliases mixed recognitions with names given on request: none is pinned; the
+            # voices are recognised again from their accumulated embeddings
             used = data["used"]
             state = SpeakerState({"backend": "incremental", "max_speakers": len(used)},
                                  {"centroids": data["centroids"], "used": used},
@@ -81,13 +83,10 @@ def _read(path: Path) -> tuple[float, str | None, SpeakerState]:
                 part, _, name = key.partition(".")
                 if part in groups:
                     groups[part][name] = data[key]
-            state = SpeakerState(meta["backend"], groups["clustering"], groups["anonymous"])
+            aliases = {int(k): str(v) for k, v in meta.get("aliases", {}).items()}
+            state = SpeakerState(meta["backend"], groups["clustering"], groups["anonymous"], aliases)
         else:
             raise ValueError(f"format {meta.get('format')!r}")
-    if meta.get("format") == FORMAT:
-        state.aliases = {int(k): str(v) for k, v in meta.get("aliases", {}).items()}
-    # format 1 mixed recognitions with names given on request: none is pinned; the voices are
-    # recognised again from their accumulated embeddings (a named voice matches its own profile)
     return float(meta["saved_at"]), meta.get("embedding_sha256"), state
 
 
