@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.diarize.params import PipelineParams
+from edged.diarize.params import AGGREGATION_WINDOWS, PipelineParams
 from edged.errors import EdgedError
 
 from .devset import KINDS, load_manifest
@@ -46,9 +46,12 @@ SPACE: dict[str, tuple[float, float]] = {
     "decision_weight": (0.0, 1.0),
     "decision_threshold": (0.2, 0.8),
 }
+# text settings tuned as optuna categoricals: the window weighting of the aggregation (the newest
+# frames of a window, with no audio after them, are its least reliable)
+CHOICES: dict[str, tuple[str, ...]] = {"aggregation": AGGREGATION_WINDOWS}
 # left fixed: tau_active (inert: the clustering sees 0/1 local decisions, so every value in
 # (0, 1] gives the same output), gamma/beta (change the embeddings: a new extraction per value),
-# duration/step (model geometry), max_speakers, aggregation (mean).
+# duration/step (model geometry), max_speakers.
 
 
 class CVError(EdgedError):
@@ -177,19 +180,20 @@ def summarize_rates(per_file: dict[str, Any], files: dict[str, dict[str, Any]]) 
     return out
 
 
-def _params(base: PipelineParams, values: dict[str, float]) -> PipelineParams:
+def _params(base: PipelineParams, values: dict[str, Any]) -> PipelineParams:
     values = dict(values)
     if "offset_ratio" in values:
         values["offset"] = values.get("onset", base.onset) * values.pop("offset_ratio")
     return base.replace(**values)
 
 
-def _point(params: PipelineParams, rng_space: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """Search-space coordinates of a parameter set (clipped to the ranges)."""
+def _point(params: PipelineParams, rng_space: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Search-space coordinates of a parameter set (clipped to the ranges), with its choices."""
     values = {k: getattr(params, k) for k in rng_space if k != "offset_ratio"}
     if "offset_ratio" in rng_space:
         values["offset_ratio"] = params.offset / params.onset if params.onset > 0 else 1.0
-    return {k: float(np.clip(v, *rng_space[k])) for k, v in values.items()}
+    return {**{k: float(np.clip(v, *rng_space[k])) for k, v in values.items()},
+            **{k: getattr(params, k) for k in CHOICES}}
 
 
 def run_study(ev: Evaluator, uris: list[str], base: PipelineParams, latency: float, trials: int, seed: int,
@@ -203,12 +207,14 @@ def run_study(ev: Evaluator, uris: list[str], base: PipelineParams, latency: flo
         seed=seed, n_startup_trials=max(8, trials // 5), multivariate=True))
     base_l = base.replace(latency=latency)
     study.enqueue_trial(_point(base_l, rng_space))
-    for s in starts:
-        study.enqueue_trial({k: float(np.clip(s[k], *rng_space[k])) for k in rng_space})
+    for s in starts:  # a start without a choice (an older run) keeps the base's
+        study.enqueue_trial({**{k: float(np.clip(s[k], *rng_space[k])) for k in rng_space},
+                             **{k: s.get(k, getattr(base_l, k)) for k in CHOICES}})
     t0 = time.perf_counter()
 
     def objective(trial) -> float:
-        values = {k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in rng_space.items()}
+        values: dict[str, Any] = {k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in rng_space.items()}
+        values.update({k: trial.suggest_categorical(k, list(c)) for k, c in CHOICES.items()})
         return ev.objective(ev.components(_params(base_l, values), uris))
 
     study.optimize(objective, n_trials=trials)
@@ -229,7 +235,7 @@ def cross_validate(devset: Path, cache: Path, output: Path, variant: str = "int8
     output.mkdir(parents=True, exist_ok=True)
     everything = ev.uris(range(ev.k))
     results: dict[str, Any] = {"variant": variant, "k": ev.k, "trials": trials, "seed": seed,
-                               "space": {f"{l:g}": space(l) for l in latencies}, "base": base.to_dict(),
+                               "space": {f"{l:g}": space(l) for l in latencies}, "choices": CHOICES, "base": base.to_dict(),
                                "latencies": {}}
     out_path = output / f"cv-{variant}.json"
     previous: dict[str, float] | None = None
@@ -279,7 +285,8 @@ def write_presets(results: dict[str, Any], path: Path) -> None:
     tuned = [k for k in SPACE if k != "offset_ratio"] + ["offset", "tau_active"]
     for key, block in results["latencies"].items():
         p = block["preset"]
-        entry = {k: round(float(p[k]), 4) for k in tuned}
+        entry: dict[str, Any] = {k: round(float(p[k]), 4) for k in tuned}
+        entry.update({k: p[k] for k in CHOICES})
         v = block["validation"]
         entry["validation"] = {
             "variant": results["variant"], "folds": results["k"], "trials_per_study": results["trials"],

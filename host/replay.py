@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edged.diarize.aggregation import DelayedAggregator
+from edged.diarize.aggregation import DelayedAggregator, window_weights
 from edged.diarize.binarize import Binarizer
 from edged.diarize.clustering import IncrementalClustering
 from edged.diarize.params import PipelineParams
@@ -467,14 +467,16 @@ def fast_replay(prep: _Prepared, params: PipelineParams) -> list[tuple[str, floa
     # every (output frame, window, window frame) contribution, window-major: bincount then adds
     # each frame's contributions in window order, as the aggregator's loop does
     out_idx, win_idx, in_idx = pl.flat
-    vals = scores[win_idx, in_idx, :]  # (m, local)
+    w = window_weights(p.aggregation, scores.shape[1])[in_idx]  # each contribution's window weight
+    vals = w[:, None] * scores[win_idx, in_idx, :]  # (m, local)
     g = maps[win_idx]  # (m, local)
     keep = g >= 0
     bins = (out_idx[:, None] * S + g)[keep]
-    num = np.bincount(bins, weights=vals[keep].astype(np.float64), minlength=total * S).reshape(total, S)
+    num = np.bincount(bins, weights=vals[keep], minlength=total * S).reshape(total, S)
+    den = pl.den if p.aggregation == "mean" else np.bincount(out_idx, weights=w, minlength=total)
     out = np.empty_like(num)
     covered = pl.den > 0
-    out[covered] = num[covered] / pl.den[covered, None]
+    out[covered] = num[covered] / den[covered, None]
     for t, j, k in pl.uncovered:
         row = np.zeros(p.max_speakers)
         for local_spk, g in enumerate(maps[j]):

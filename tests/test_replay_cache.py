@@ -41,7 +41,8 @@ def recordings(data_dir):
 PARAMS = [
     PipelineParams(),
     PipelineParams(rho_update=0.2, delta_new=0.8, onset=0.6, offset=0.35, min_duration_on=0.3,
-                   min_duration_off=0.4, decision_weight=0.6, tau_active=0.3, decision_threshold=0.35),
+                   min_duration_off=0.4, decision_weight=0.6, tau_active=0.3, decision_threshold=0.35,
+                   aggregation="hamming"),
 ]
 
 
@@ -78,7 +79,8 @@ def test_replay_reproduces_the_pipeline_turns_exactly(models, recordings, tmp_pa
                                     offset=onset * float(rng.uniform(0.2, 1.0)),
                                     min_duration_on=float(rng.uniform(0, 1)), min_duration_off=float(rng.uniform(0, 1)),
                                     decision_weight=float(rng.uniform(0, 1)),
-                                    decision_threshold=float(rng.choice([0.5, rng.uniform(0.2, 0.8)])))
+                                    decision_threshold=float(rng.choice([0.5, rng.uniform(0.2, 0.8)])),
+                                    aggregation=str(rng.choice(["mean", "hamming"])))
             assert sorted(fast_replay(prep, params)) == sorted(replay(feat, params)), params
     assert skipped > 0  # the embedding skip was exercised
 

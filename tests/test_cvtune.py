@@ -1,0 +1,48 @@
+"""edged-cvtune end to end on a small dev set of real AMI excerpts: extract, per-fold studies scored
+on their held-out fold, the final preset, and presets a bundle accepts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edged.diarize.params import AGGREGATION_WINDOWS, PipelineParams
+
+
+@pytest.fixture(scope="module")
+def devset(tmp_path_factory, data_dir):
+    """Four AMI excerpts in two folds (dev00/dev01 apart from trn00/trn01)."""
+    root = tmp_path_factory.mktemp("devset")
+    ami = data_dir / "ami-debug"
+    files = [{"uri": uri, "audio": str(ami / f"{uri}.wav"), "rttm": str(ami / "reference.rttm"),
+              "uem": str(ami / "reference.uem"), "kind": "ami", "fold": fold}
+             for uri, fold in (("dev00", 0), ("dev01", 0), ("trn00", 1), ("trn01", 1))]
+    (root / "devset.json").write_text(json.dumps({"k": 2, "files": files}))
+    return root
+
+
+def test_cross_validation_tunes_the_aggregation_window_and_writes_usable_presets(devset, bundle, tmp_path):
+    from edged_export.presets import _section
+    from edged_host.cvtune import CHOICES, cross_validate, extract_all
+
+    cache, out = tmp_path / "cache", tmp_path / "cv"
+    extract_all(devset, bundle, "int8", cache, latencies=(1.0,), log=lambda line: None)
+    results = cross_validate(devset, cache, out, "int8", latencies=(1.0,), trials=12, seed=0,
+                             log=lambda line: None)
+
+    block = results["latencies"]["1"]
+    assert CHOICES == {"aggregation": AGGREGATION_WINDOWS} and results["choices"] == CHOICES
+    tried = {t["params"]["aggregation"] for f in block["folds"] for t in f["trials"]}
+    assert tried == set(AGGREGATION_WINDOWS)  # both windows are searched
+    for fold in block["folds"]:  # each fold's best parameters are the ones scored on its held-out fold
+        assert PipelineParams.from_dict(fold["params"]).aggregation == fold["search"]["aggregation"]
+        assert set(fold["validation"]["kinds"]) == {"ami"}
+    assert set(block["validation"]["files"]) == {"dev00", "dev01", "trn00", "trn01"}
+
+    presets = json.loads((out / "presets.json").read_text())
+    assert presets["1"]["aggregation"] in AGGREGATION_WINDOWS
+    assert presets["1"]["aggregation"] == block["preset"]["aggregation"]
+    section = _section({1.0: {k: v for k, v in presets["1"].items() if k != "validation"}}, "test")
+    assert PipelineParams.from_dict({**section["latencies"]["1"], "latency": 1.0}).aggregation == \
+        presets["1"]["aggregation"]
