@@ -16,6 +16,7 @@ import pytest
 
 from edged.models.blocks import load_models
 from edged.profiles.snapshot import FORMAT_1, SpeakerState, load_state, save_state
+from edged.profiles.store import Profile, ProfileStore
 from edged.service.enroll import embedding_sha256
 from edged.service.speakers import SpeakerService
 from edged.settings import load_config
@@ -92,6 +93,31 @@ def test_each_backend_gets_its_speakers_back(uis_models, tmp_path, caplog, clust
     (tmp_path / "speakers.state.npz").unlink()
     _, fresh = start(tmp_path, uis_models, f"pipeline.clustering={clustering}")
     assert feed(fresh, RETURNING) != after  # without the state they are numbered afresh
+
+
+@pytest.mark.parametrize("clustering", ["incremental", "uisrnn"])
+def test_a_reload_carries_the_running_speakers_to_a_service_with_other_settings(uis_models, tmp_path, caplog,
+                                                                               clustering):
+    """SIGHUP with another profiles folder and state directory: a new service reads the new
+    profiles, and its diarizer takes the running speakers from memory (not from the file)."""
+    caplog.set_level(logging.INFO)
+    service, first = start(tmp_path, uis_models, f"pipeline.clustering={clustering}")
+    feed(first, CONVERSATION)
+    people = tmp_path / "people"
+    ProfileStore(people).save(Profile("Dora", voices(4)[3], embedding_sha256(uis_models), 5.0, 0.0))
+    config = load_config(None, [f"models.path={uis_models.bundle.root}", f"spool.path={tmp_path / 'moved' / 'spool'}",
+                                f"speakers.profiles={people}", f"pipeline.clustering={clustering}"], environ={})
+    carry = service.snapshot(first)
+    new = SpeakerService(config, uis_models, restore=False)
+    second = new.diarizer(uis_models, config.pipeline, carry=carry)
+    assert second.identifying.identifier.names == ["Dora"] and not warnings_of(caplog)
+    assert "speaker state reloaded" not in caplog.text  # nothing was read from a file
+    after = feed(second, RETURNING)
+    assert after == feed(first, RETURNING) and max(max(m) for m in after) > 0
+    new.save(second)
+    assert (tmp_path / "moved" / "speakers.state.npz").exists()
+    fresh = SpeakerService(config, uis_models, restore=False).diarizer(uis_models, config.pipeline)
+    assert feed(fresh, RETURNING) != after  # without the carry they are numbered afresh
 
 
 def _saved(tmp_path, models, clustering: str) -> SpeakerState:

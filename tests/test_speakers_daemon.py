@@ -195,6 +195,40 @@ def test_speakers_survive_a_restart(bundle, broker, audio, tmp_path):
     client.close()
 
 
+def test_sighup_with_new_speakers_settings_reads_them_and_keeps_the_speakers(bundle, broker, audio, tmp_path):
+    """A reload that moves the state directory (``spool.path``) and points ``speakers.profiles`` at
+    another folder: the new profiles are read at once (Home Assistant gets their sensor), the running
+    speakers are carried over, and the state is saved in the new place."""
+    import signal
+
+    people = tmp_path / "people"
+    sha = load_bundle(bundle, ("int8",)).model("embedding", "int8").sha256
+    ProfileStore(people).save(Profile("Bob", np.ones(192) / np.sqrt(192), sha, 5.0, 0.0))
+    client = Client(broker.port, "names5")
+    config = write_config(tmp_path, bundle, broker.port, audio["talk"], device="names5", mqtt__homeassistant=True)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, speed=2.0, log=log)
+    try:
+        wait_for(lambda: len(client.turns()) >= 4, 180, what="four turns")
+        moved = tmp_path / "moved"
+        text = config.read_text().replace(str(tmp_path / "spool"), str(moved / "spool"))
+        config.write_text(text + f"speakers:\n  profiles: {people}\n  threshold: 0.7\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload: speakers settings applied, speakers kept" in log.read_text(), 60, what="reload")
+        assert proc.wait(120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert "enrolled speakers: Bob" in out
+    configs = client.on("homeassistant/device/edged_names5/config")
+    assert person(configs[-1]["components"], "Bob"), configs[-1]
+    assert (moved / "speakers.state.npz").exists()  # saved at the reload and at the stop, in the new place
+    assert "no known speakers" not in out  # carried over in memory (tests/test_speaker_state.py checks the labels)
+    client.close()
+
+
 def test_uisrnn_speakers_survive_a_restart(uisrnn_bundle, broker, audio, tmp_path):
     """The same with pipeline.clustering: uisrnn (its best hypothesis is saved); then a restart
     with the incremental back-end on that state: one warning line, a fresh start."""

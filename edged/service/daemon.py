@@ -5,7 +5,8 @@ publisher (spooled and fsync'd before they are sent), feed the watchdog, publish
 runs on its own thread behind a bounded queue; paho runs its network loop on another.
 
 Signals: SIGTERM/SIGINT stop (flush the open turns, publish them, ``offline``), SIGHUP reloads
-the config (speaker state is kept when the stream geometry is unchanged). A reload whose config
+the config (speaker state is kept when the stream geometry is unchanged; new speakers settings,
+or a new state directory, give a new ``SpeakerService`` that takes the running speakers). A reload whose config
 fails validation, or needs what cannot be built (models, a spool folder without room), is logged
 on one line and refused as a whole: the running config, spool and publisher stay. A new
 ``spool.path`` takes the unacknowledged turns over (``Spool.take_over``), with their seqs.
@@ -33,7 +34,7 @@ from edged.errors import AudioError, ConfigError, EdgedError
 from edged.messages import ActivityMessage, TurnMessage, stats_payload
 from edged.models.blocks import Models, load_models
 from edged.service.notify import Notifier
-from edged.service.speakers import SpeakerService
+from edged.service.speakers import SpeakerService, settings as speaker_settings
 from edged.settings import load_config
 from edged.sources.base import AudioSource
 
@@ -330,6 +331,7 @@ class Daemon:
             self._refuse_reload(exc)
             return
         old = self.config
+        speakers_changed = speaker_settings(new) != speaker_settings(old)
         try:  # build what the new config needs before dropping the running pipeline
             delivery = self._prepare_delivery(old, new)  # first: undone if the rest fails
         except EdgedError as exc:
@@ -337,13 +339,19 @@ class Daemon:
             return
         try:
             models = self.models
+            # new profiles folder, state file or thresholds: a new service (reads the profiles now)
+            service = SpeakerService(new, models, restore=False) if speakers_changed else self.speakers
             if new.models != old.models or (new.pipeline.gamma, new.pipeline.beta) != (old.pipeline.gamma, old.pipeline.beta):
                 models = self._load_models(new)
-                diarizer = self.speakers.diarizer(models, new.pipeline)
+                diarizer = service.diarizer(models, new.pipeline)
                 what = "models reloaded, speaker state reset"
             elif new.pipeline != old.pipeline and not self.stream.diarizer.can_update(new.pipeline):
-                diarizer = self.speakers.diarizer(models, new.pipeline)
+                diarizer = service.diarizer(models, new.pipeline)
                 what = "stream geometry or clustering changed, speaker state reset"
+            elif speakers_changed:
+                carry = self.speakers.snapshot(self.stream.diarizer)
+                diarizer = service.diarizer(models, new.pipeline, carry=carry)
+                what = "speakers settings applied, speakers kept"
             else:
                 diarizer, what = None, "pipeline parameters applied, speakers kept"
         except BaseException as exc:
@@ -354,11 +362,19 @@ class Daemon:
             return
         self.config = new
         self._apply_logging()
+        if service is not self.speakers:
+            self.speakers.cancel_enrollment(self.stream, "the config was reloaded; send it again")
+            self.speakers.stop()
+            self.speakers = service
         self._switch_delivery(old, new, delivery)  # first: the turns flushed below go to the new spool
+        if speakers_changed and delivery.publisher is None:  # a new publisher attached the service already
+            service.attach(self.publisher, new)
         if diarizer is not None:
             self._emit(self.stream.replace_diarizer(diarizer))
             self.models = models
             log.info("reload: %s", what)
+            if speakers_changed:
+                service.save(diarizer)  # where the new config keeps them
         elif new.pipeline != old.pipeline:
             self.stream.diarizer.update_params(new.pipeline)
             log.info("reload: %s", what)

@@ -43,8 +43,15 @@ def state_file(config: DaemonConfig) -> Path | None:
     return config.speakers.state_file or config.spool.path.parent / "speakers.state.npz"
 
 
+def settings(config: DaemonConfig) -> tuple[Any, ...]:
+    """What a ``SpeakerService`` is built from: a reload that changes it needs a new service."""
+    return profiles_folder(config), state_file(config), config.speakers
+
+
 class SpeakerService:
-    def __init__(self, config: DaemonConfig, models: Models):
+    def __init__(self, config: DaemonConfig, models: Models, restore: bool = True):
+        """``restore``: the first diarizer takes the speakers saved in the state file (at start;
+        a reload carries the running speakers over with ``diarizer(..., carry=)`` instead)."""
         self.config = config
         self.models = models
         s = config.speakers
@@ -55,13 +62,14 @@ class SpeakerService:
             log.info("enrolled speakers: %s", ", ".join(self.identifier.names))
         self.commands: Any = None
         self.publisher: Any = None
-        self._restored = False
+        self._restored = not restore
         self._next_save = time.monotonic() + s.save_interval_s
         self._enrolling: dict[str, Any] | None = None
 
     # --- diarizers ----------------------------------------------------------------------
-    def diarizer(self, models: Models, params: Any) -> StreamingDiarizer:
-        """A diarizer with the names; the first one of the process takes the saved speakers."""
+    def diarizer(self, models: Models, params: Any, carry: SpeakerState | None = None) -> StreamingDiarizer:
+        """A diarizer with the names; the first one of the process takes the saved speakers,
+        a later one the speakers in ``carry`` (``snapshot`` of the diarizer it replaces)."""
         if models is not self.models:
             self.models = models
             s = self.config.speakers
@@ -70,20 +78,32 @@ class SpeakerService:
         if not self._restored:
             self._restored = True
             self._restore(diarizer)
+        elif carry is not None and diarizer.identifying is not None:
+            self._take(diarizer, carry, "the running speakers")
         return diarizer
 
     def _state_ok(self, diarizer: StreamingDiarizer) -> bool:
         return self.state_file is not None and diarizer.identifying is not None
 
+    def snapshot(self, diarizer: StreamingDiarizer) -> SpeakerState | None:
+        """The diarizer's speakers (None without identification)."""
+        backend, wrapper = diarizer.backend, diarizer.identifying
+        if wrapper is None:
+            return None
+        return SpeakerState(backend.state_signature(), backend.state(), wrapper.anonymous_state(),
+                            wrapper.named_aliases)
+
     def _restore(self, diarizer: StreamingDiarizer) -> None:
         if not self._state_ok(diarizer):
             return
-        s = self.config.speakers
+        state = load_state(self.state_file, embedding_sha256(self.models), diarizer.backend.state_signature(),
+                           self.config.speakers.expiry_h * 3600)
+        if state is not None and self._take(diarizer, state, f"speaker state {self.state_file}"):
+            log.info("speaker state reloaded from %s: %d speakers", self.state_file, diarizer.backend.num_speakers)
+
+    def _take(self, diarizer: StreamingDiarizer, state: SpeakerState, what: str) -> bool:
+        """Give ``diarizer`` the speakers of ``state``; a state that does not fit: one warning, none."""
         backend, wrapper = diarizer.backend, diarizer.identifying
-        state = load_state(self.state_file, embedding_sha256(self.models), backend.state_signature(),
-                           s.expiry_h * 3600)
-        if state is None:
-            return
         try:
             ids, sums, counts = (np.asarray(state.anonymous[k]) for k in ("ids", "sums", "counts"))
             if sums.ndim != 2 or not len(ids) == len(sums) == len(counts) or not np.isfinite(sums).all():
@@ -92,21 +112,18 @@ class SpeakerService:
             wrapper.restore_anonymous(ids, sums, counts)
         except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             wrapper.reset()
-            log.warning("speaker state %s does not fit this pipeline (%s); starting with no known speakers",
-                        self.state_file, exc)
-            return
+            log.warning("%s does not fit this pipeline (%s); starting with no known speakers", what, exc)
+            return False
         for g, name in state.aliases.items():
             if name in wrapper.slot_names:
                 wrapper.alias(g, name)
-        log.info("speaker state reloaded from %s: %d speakers", self.state_file, backend.num_speakers)
+        return True
 
     def save(self, diarizer: StreamingDiarizer) -> None:
         """Write the speaker state now (atomically); a failure is logged, never raised."""
         if not self._state_ok(diarizer):
             return
-        backend, wrapper = diarizer.backend, diarizer.identifying
-        state = SpeakerState(backend.state_signature(), backend.state(), wrapper.anonymous_state(),
-                             wrapper.named_aliases)
+        state = self.snapshot(diarizer)
         try:
             save_state(self.state_file, embedding_sha256(self.models), state)
         except OSError as exc:
@@ -138,6 +155,17 @@ class SpeakerService:
         if self.commands is not None:
             self.commands.stop()
             self.commands = None
+
+    def cancel_enrollment(self, stream: Stream, reason: str) -> None:
+        """Stop an enrollment from live audio that is still listening; its request gets ``reason``."""
+        job, self._enrolling = self._enrolling, None
+        if job is None:
+            return
+        stream.taps.remove(job["tap"])
+        log.warning("enroll %s cancelled: %s", job["name"], reason)
+        if self.commands is not None:
+            self.commands.reply({"id": job["command"]["id"], "action": "enroll", "ok": False,
+                                 "error": f"enrollment cancelled: {reason}"})
 
     def poll(self, stream: Stream, emit: Callable[[list[Event]], None]) -> None:
         """Run the queued commands (main thread, between audio blocks)."""
