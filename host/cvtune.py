@@ -4,7 +4,8 @@
    (``replay.extract``), into ``CACHE/VARIANT/URI.npz``.
 2. ``tune``: for each latency and each fold, an optuna TPE study fits the parameters on the other
    k-1 folds (objective: the mean over kinds of audio of each kind's DER, so the mean the issue is
-   judged on) and the best trial is scored on the held-out fold. The validation figures pooled over
+   judged on), one study per aggregation window, and the best trial of them is scored on the
+   held-out fold. The validation figures pooled over
    the k held-out folds are the honest ones; fit figures are never reported as results. The preset
    of a latency is then tuned the same way on all folds. diart's AMI preset (the pipeline
    defaults) is scored on the same files beside it.
@@ -46,9 +47,9 @@ SPACE: dict[str, tuple[float, float]] = {
     "decision_weight": (0.0, 1.0),
     "decision_threshold": (0.2, 0.8),
 }
-# text settings tuned as optuna categoricals: the window weighting of the aggregation (the newest
-# frames of a window, with no audio after them, are its least reliable)
-CHOICES: dict[str, tuple[str, ...]] = {"aggregation": AGGREGATION_WINDOWS}
+# text settings tuned by one study per value (``choices``): the window weighting of the
+# aggregation (the newest frames of a window, with no audio after them, are its least reliable)
+CHOICE_FIELDS = ("aggregation",)
 # left fixed: tau_active (inert: the clustering sees 0/1 local decisions, so every value in
 # (0, 1] gives the same output), gamma/beta (change the embeddings: a new extraction per value),
 # duration/step (model geometry), max_speakers.
@@ -187,18 +188,41 @@ def _params(base: PipelineParams, values: dict[str, Any]) -> PipelineParams:
     return base.replace(**values)
 
 
-def _point(params: PipelineParams, rng_space: dict[str, tuple[float, float]]) -> dict[str, Any]:
-    """Search-space coordinates of a parameter set (clipped to the ranges), with its choices."""
+def _point(params: PipelineParams, rng_space: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Search-space coordinates of a parameter set (clipped to the ranges)."""
     values = {k: getattr(params, k) for k in rng_space if k != "offset_ratio"}
     if "offset_ratio" in rng_space:
         values["offset_ratio"] = params.offset / params.onset if params.onset > 0 else 1.0
-    return {**{k: float(np.clip(v, *rng_space[k])) for k, v in values.items()},
-            **{k: getattr(params, k) for k in CHOICES}}
+    return {k: float(np.clip(v, *rng_space[k])) for k, v in values.items()}
+
+
+def choices(latency: float, step: float) -> list[dict[str, str]]:
+    """The values of ``CHOICE_FIELDS`` that get a study each (TPE explores a categorical poorly:
+    the value that wins its first trials takes nearly all the others). At ``latency == step`` a
+    frame has one window, so every aggregation window gives the same scores: "mean" only."""
+    windows = ("mean",) if latency <= step + 1e-9 else AGGREGATION_WINDOWS
+    return [{"aggregation": w} for w in windows]
 
 
 def run_study(ev: Evaluator, uris: list[str], base: PipelineParams, latency: float, trials: int, seed: int,
-              log: Callable[[str], None], label: str, starts: Sequence[dict[str, float]] = ()) -> dict[str, Any]:
-    """TPE on ``uris``: the base point and ``starts`` first, then ``trials`` in all; returns the best."""
+              log: Callable[[str], None], label: str, starts: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """One TPE study per value of the choices (``choices``), each with the base point and
+    ``starts`` first, then ``trials`` in all; the best of all on ``uris``."""
+    studies = []
+    for choice in choices(latency, base.step):
+        tag = " ".join(f"{k} {v}" for k, v in choice.items())
+        studies.append((choice, _study(ev, uris, base.replace(**choice), latency, trials, seed, log,
+                                       f"{label} ({tag})", starts)))
+    choice, best = min(studies, key=lambda cs: cs[1]["fit_objective"])
+    return {"params": {**best["params"], **choice}, "fit_objective": best["fit_objective"],
+            "base_fit_objective": studies[0][1]["base_fit_objective"],
+            "choices": [{**c, "fit_objective": r["fit_objective"]} for c, r in studies],
+            "trials": [{**t, "params": {**t["params"], **c}} for c, r in studies for t in r["trials"]]}
+
+
+def _study(ev: Evaluator, uris: list[str], base: PipelineParams, latency: float, trials: int, seed: int,
+           log: Callable[[str], None], label: str, starts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """TPE over ``space`` with ``base``'s choices; the best trial."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -207,14 +231,12 @@ def run_study(ev: Evaluator, uris: list[str], base: PipelineParams, latency: flo
         seed=seed, n_startup_trials=max(8, trials // 5), multivariate=True))
     base_l = base.replace(latency=latency)
     study.enqueue_trial(_point(base_l, rng_space))
-    for s in starts:  # a start without a choice (an older run) keeps the base's
-        study.enqueue_trial({**{k: float(np.clip(s[k], *rng_space[k])) for k in rng_space},
-                             **{k: s.get(k, getattr(base_l, k)) for k in CHOICES}})
+    for s in starts:
+        study.enqueue_trial({k: float(np.clip(s[k], *rng_space[k])) for k in rng_space})
     t0 = time.perf_counter()
 
     def objective(trial) -> float:
-        values: dict[str, Any] = {k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in rng_space.items()}
-        values.update({k: trial.suggest_categorical(k, list(c)) for k, c in CHOICES.items()})
+        values = {k: trial.suggest_float(k, lo, hi) for k, (lo, hi) in rng_space.items()}
         return ev.objective(ev.components(_params(base_l, values), uris))
 
     study.optimize(objective, n_trials=trials)
@@ -235,7 +257,8 @@ def cross_validate(devset: Path, cache: Path, output: Path, variant: str = "int8
     output.mkdir(parents=True, exist_ok=True)
     everything = ev.uris(range(ev.k))
     results: dict[str, Any] = {"variant": variant, "k": ev.k, "trials": trials, "seed": seed,
-                               "space": {f"{l:g}": space(l) for l in latencies}, "choices": CHOICES, "base": base.to_dict(),
+                               "space": {f"{l:g}": space(l) for l in latencies},
+                               "choices": {f"{l:g}": choices(l, base.step) for l in latencies}, "base": base.to_dict(),
                                "latencies": {}}
     out_path = output / f"cv-{variant}.json"
     previous: dict[str, float] | None = None
@@ -257,7 +280,7 @@ def cross_validate(devset: Path, cache: Path, output: Path, variant: str = "int8
                 f"(total {fold_report['total']['der']:.2f})")
             block["folds"].append({"fold": fold, "params": params.to_dict(), "search": best["params"],
                                    "fit_objective": best["fit_objective"],
-                                   "base_fit_objective": best["base_fit_objective"],
+                                   "base_fit_objective": best["base_fit_objective"], "choices": best["choices"],
                                    "validation": {k: fold_report[k] for k in ("kinds", "total", "mean")},
                                    "trials": best["trials"]})
         block["validation"] = ev.report(validation_hyps)
@@ -269,6 +292,7 @@ def cross_validate(devset: Path, cache: Path, output: Path, variant: str = "int8
         block["preset"] = _params(base_l, final["params"]).to_dict()
         block["preset_fit_objective"] = final["fit_objective"]
         block["preset_trials"] = final["trials"]
+        block["preset_choices"] = final["choices"]
         previous = final["params"]
         v, d = block["validation"], block["diart_ami"]
         log(f"latency {key}: validation mean DER {v['mean']['der']:.2f} (total {v['total']['der']:.2f}) vs diart AMI "
@@ -286,7 +310,7 @@ def write_presets(results: dict[str, Any], path: Path) -> None:
     for key, block in results["latencies"].items():
         p = block["preset"]
         entry: dict[str, Any] = {k: round(float(p[k]), 4) for k in tuned}
-        entry.update({k: p[k] for k in CHOICES})
+        entry.update({k: p[k] for k in CHOICE_FIELDS})
         v = block["validation"]
         entry["validation"] = {
             "variant": results["variant"], "folds": results["k"], "trials_per_study": results["trials"],

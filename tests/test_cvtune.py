@@ -24,7 +24,7 @@ def devset(tmp_path_factory, data_dir):
 
 def test_cross_validation_tunes_the_aggregation_window_and_writes_usable_presets(devset, bundle, tmp_path):
     from edged_export.presets import _section
-    from edged_host.cvtune import CHOICES, cross_validate, extract_all
+    from edged_host.cvtune import choices, cross_validate, extract_all
 
     cache, out = tmp_path / "cache", tmp_path / "cv"
     extract_all(devset, bundle, "int8", cache, latencies=(1.0,), log=lambda line: None)
@@ -32,11 +32,13 @@ def test_cross_validation_tunes_the_aggregation_window_and_writes_usable_presets
                              log=lambda line: None)
 
     block = results["latencies"]["1"]
-    assert CHOICES == {"aggregation": AGGREGATION_WINDOWS} and results["choices"] == CHOICES
-    tried = {t["params"]["aggregation"] for f in block["folds"] for t in f["trials"]}
-    assert tried == set(AGGREGATION_WINDOWS)  # both windows are searched
-    for fold in block["folds"]:  # each fold's best parameters are the ones scored on its held-out fold
-        assert PipelineParams.from_dict(fold["params"]).aggregation == fold["search"]["aggregation"]
+    assert results["choices"]["1"] == [{"aggregation": w} for w in AGGREGATION_WINDOWS]
+    for fold in block["folds"]:  # a study per window; the best on the fitting fold is scored on the other
+        assert [c["aggregation"] for c in fold["choices"]] == list(AGGREGATION_WINDOWS)
+        assert len(fold["trials"]) == 2 * 12
+        best = min(fold["choices"], key=lambda c: c["fit_objective"])
+        assert fold["search"]["aggregation"] == best["aggregation"] == fold["params"]["aggregation"]
+        assert fold["fit_objective"] == best["fit_objective"]
         assert set(fold["validation"]["kinds"]) == {"ami"}
     assert set(block["validation"]["files"]) == {"dev00", "dev01", "trn00", "trn01"}
 
@@ -46,3 +48,11 @@ def test_cross_validation_tunes_the_aggregation_window_and_writes_usable_presets
     section = _section({1.0: {k: v for k, v in presets["1"].items() if k != "validation"}}, "test")
     assert PipelineParams.from_dict({**section["latencies"]["1"], "latency": 1.0}).aggregation == \
         presets["1"]["aggregation"]
+
+
+def test_one_window_per_frame_searches_the_mean_only():
+    """At latency == step every frame has one window: the aggregation windows give the same scores."""
+    from edged_host.cvtune import choices
+
+    assert choices(0.5, 0.5) == [{"aggregation": "mean"}]
+    assert choices(1.0, 0.5) == [{"aggregation": "mean"}, {"aggregation": "hamming"}]
