@@ -195,10 +195,10 @@ class SpeakersConfig:
     profiles: Path | None = None
     # cosine similarity one chunk of a voice needs to take an enrolled name (higher: fewer false names,
     # more misses); calibrated by benchmarks/identification.py
-    threshold: float = field(default=0.65, metadata={"range": (0.0, 1.0)})
+    threshold: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
     # cosine similarity the accumulated voice of an anonymous speaker needs to take an enrolled name
     # (checked again at each of its chunks); calibrated with threshold
-    voice_threshold: float = field(default=0.55, metadata={"range": (0.0, 1.0)})
+    voice_threshold: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
     # keep the anonymous speakers across restarts (speaker_3 stays speaker_3)
     keep_state: bool = True
     # file holding the speakers between restarts (null: speakers.state.npz in the state directory)
