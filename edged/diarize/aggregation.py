@@ -46,10 +46,10 @@ def blend_decisions(probabilities: np.ndarray, decisions: np.ndarray, weight: fl
 
 @lru_cache(maxsize=8)
 def window_weights(strategy: str, n: int) -> np.ndarray:
-    """Weight of each of a chunk's ``n`` frames in a frame's score: all 1 for "mean", a Hamming
-    window for "hamming" (read-only)."""
-    if strategy not in ("mean", "hamming"):
-        raise ValueError(f"strategy must be mean or hamming for frame weights, got {strategy!r}")
+    """Weight of each of a chunk's ``n`` frames in a frame's score: a Hamming window for
+    "hamming", all 1 otherwise (read-only)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     w = np.hamming(n) if strategy == "hamming" else np.ones(n)
     w.flags.writeable = False
     return w
@@ -87,7 +87,7 @@ def aggregate_frames(
             inside &= den == 0
         if not inside.any():
             continue
-        w = window_weights("mean" if strategy == "first" else strategy, len(sc))[idx[inside]]
+        w = window_weights(strategy, len(sc))[idx[inside]]
         num[inside] += w[:, None] * sc[idx[inside]]
         den[inside] += w
     out = np.empty_like(num)
