@@ -24,7 +24,7 @@ def devset(tmp_path_factory, data_dir):
 
 def test_cross_validation_tunes_the_aggregation_window_and_writes_usable_presets(devset, bundle, tmp_path):
     from edged_export.presets import _section
-    from edged_host.cvtune import choices, cross_validate, extract_all
+    from edged_host.cvtune import cross_validate, extract_all
 
     cache, out = tmp_path / "cache", tmp_path / "cv"
     extract_all(devset, bundle, "int8", cache, latencies=(1.0,), log=lambda line: None)
