@@ -473,7 +473,7 @@ def fast_replay(prep: _Prepared, params: PipelineParams) -> list[tuple[str, floa
     keep = g >= 0
     bins = (out_idx[:, None] * S + g)[keep]
     num = np.bincount(bins, weights=vals[keep], minlength=total * S).reshape(total, S)
-    den = np.bincount(out_idx, weights=w, minlength=total)  # summed window weights (the count for mean)
+    den = pl.den if p.aggregation == "mean" else np.bincount(out_idx, weights=w, minlength=total)
     out = np.empty_like(num)
     covered = pl.den > 0
     out[covered] = num[covered] / den[covered, None]
